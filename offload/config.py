@@ -1,0 +1,134 @@
+"""offload's settings as one frozen value, and the checks that turn a bad setting into one
+clear start-up error instead of a failure on the first request."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting that offload cannot start with: ``setting`` is the `Config` field name."""
+
+    def __init__(self, setting: str, value: object, reason: str) -> None:
+        super().__init__(f"{setting} {value!r}: {reason}")
+        self.setting = setting
+        self.value = value
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where the app listens.
+
+    >>> Upstream.parse("localhost:3000").base_url
+    'http://localhost:3000'
+    """
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Upstream:
+        """Parse ``HOST:PORT`` or ``http://HOST:PORT``; raise `ValueError` with the reason."""
+        if text.startswith("unix:"):
+            raise ValueError("Unix-socket upstreams are not supported yet; use HOST:PORT")
+        address = text.removeprefix("http://").removesuffix("/")
+        if "://" in address:
+            raise ValueError("expected HOST:PORT or http://HOST:PORT")
+        host, colon, port_text = address.rpartition(":")
+        if not colon or not host or not port_text.isdigit():
+            raise ValueError("expected HOST:PORT or http://HOST:PORT")
+        host = _parse_host(host)
+        return cls(host=host, port=_parse_port(int(port_text)))
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.base_url.removeprefix("http://")
+
+
+def _parse_host(host: str) -> str:
+    if host.startswith("[") and host.endswith("]"):
+        ipaddress.IPv6Address(host[1:-1])  # raises ValueError with the reason
+        return host[1:-1]
+    if not host.replace("-", "").replace(".", "").replace("_", "").isalnum():
+        raise ValueError(f"{host!r} is not a host name or address")
+    return host
+
+
+def _parse_port(port: int) -> int:
+    if not 1 <= port <= 65535:
+        raise ValueError("port must be between 1 and 65535")
+    return port
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything offload needs to start, checked when it is built.
+
+    >>> Config(static=Path("static_fixtures"), upstream="localhost:3000").port
+    8080
+
+    Field names are the command-line flags with ``_`` for ``-`` (units spelled out:
+    ``read_timeout_seconds`` is ``--read-timeout``). A bad value raises `ConfigError`.
+    """
+
+    upstream: str | None = None
+    static: Path | None = None
+    host: str = "0.0.0.0"
+    port: int = 8080
+    admin_port: int = 9901
+    read_timeout_seconds: float = 60.0
+    connect_timeout_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.upstream is None and self.static is None:
+            raise ConfigError(
+                "upstream", None, "nothing to serve: give an upstream, a static root, or both"
+            )
+        if self.upstream is not None:
+            try:
+                Upstream.parse(self.upstream)
+            except ValueError as error:
+                raise ConfigError("upstream", self.upstream, str(error)) from None
+        if self.static is not None:
+            object.__setattr__(self, "static", _check_static_root(self.static))
+        for name in ("port", "admin_port"):
+            try:
+                _parse_port(getattr(self, name))
+            except ValueError as error:
+                raise ConfigError(name, getattr(self, name), str(error)) from None
+        if self.port == self.admin_port:
+            raise ConfigError("admin_port", self.admin_port, "must differ from the public port")
+        for name in ("read_timeout_seconds", "connect_timeout_seconds"):
+            seconds = getattr(self, name)
+            if not (seconds > 0 and math.isfinite(seconds)):
+                raise ConfigError(name, seconds, "must be a positive number of seconds")
+
+    @property
+    def upstream_address(self) -> Upstream | None:
+        """The parsed upstream, or ``None`` in static-only mode."""
+        return None if self.upstream is None else Upstream.parse(self.upstream)
+
+
+def _check_static_root(static: Path) -> Path:
+    root = Path(static)
+    if not root.is_dir():
+        reason = "does not exist" if not root.exists() else "is not a directory"
+        raise ConfigError("static", str(static), reason)
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise ConfigError("static", str(static), "is not readable")
+    return root.resolve()
+
+
+def config_fields() -> tuple[str, ...]:
+    """The names of every `Config` field, in order: the CLI maps a flag onto each."""
+    return tuple(field.name for field in dataclasses.fields(Config))

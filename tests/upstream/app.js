@@ -1,0 +1,101 @@
+// The app the tests put behind offload: plain Node `http`, no dependencies.
+// It reports what reached it, so the tests can check what offload forwarded.
+// Listens on PORT (0 = any free port) and prints "listening <port>" once ready.
+"use strict";
+
+const crypto = require("node:crypto");
+const http = require("node:http");
+
+const releases = new Map(); // stream id -> function that finishes that stream
+
+function json(res, status, body, headers = {}) {
+  const data = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", ...headers });
+  res.end(data);
+}
+
+function echo(req, res) {
+  const hash = crypto.createHash("sha256");
+  let length = 0;
+  req.on("data", (chunk) => {
+    length += chunk.length;
+    hash.update(chunk);
+  });
+  req.on("end", () => {
+    json(res, 200, {
+      method: req.method,
+      url: req.url,
+      httpVersion: req.httpVersion,
+      rawHeaders: req.rawHeaders,
+      bodyLength: length,
+      bodySha256: hash.digest("hex"),
+    });
+  });
+}
+
+// Sends "first", then waits until /release?id=ID is requested before sending "last":
+// a proxy that buffers the response never delivers "first", and the test times out.
+function stream(req, res, id) {
+  res.writeHead(200, { "content-type": "text/plain" });
+  res.write("first\n");
+  releases.set(id, () => res.end("last\n"));
+}
+
+function release(res, id) {
+  const finish = releases.get(id);
+  releases.delete(id);
+  if (finish) finish();
+  json(res, finish ? 200 : 404, { released: Boolean(finish) });
+}
+
+function download(res, bytes) {
+  const chunk = Buffer.alloc(64 * 1024, "x");
+  res.writeHead(200, { "content-type": "application/octet-stream", "content-length": bytes });
+  let left = bytes;
+  const pump = () => {
+    while (left > 0) {
+      const piece = left >= chunk.length ? chunk : chunk.subarray(0, left);
+      left -= piece.length;
+      if (!res.write(piece)) return res.once("drain", pump);
+    }
+    res.end();
+  };
+  pump();
+}
+
+const server = http.createServer((req, res) => {
+  const url = new URL(`http://app.invalid${req.url}`);
+  const id = url.searchParams.get("id") || "";
+  switch (url.pathname) {
+    case "/api/echo":
+      return echo(req, res);
+    case "/api/cookies":
+      res.setHeader("set-cookie", ["a=1; Path=/", "b=2; Path=/; HttpOnly"]);
+      return json(res, 200, { cookies: 2 });
+    case "/api/hop-by-hop":
+      return json(res, 200, {}, {
+        connection: "keep-alive, x-private",
+        "x-private": "must not reach the client",
+        "keep-alive": "timeout=5",
+        "proxy-authenticate": "Basic",
+        "x-public": "kept",
+      });
+    case "/api/stream":
+      return stream(req, res, id);
+    case "/api/release":
+      return release(res, id);
+    case "/api/slow":
+      return setTimeout(() => json(res, 200, { slow: true }), Number(url.searchParams.get("ms")));
+    case "/api/download":
+      return download(res, Number(url.searchParams.get("bytes")));
+    case "/api/malformed":
+      return req.socket.end("HTTP/1.1 ???\r\n\r\n");
+    default:
+      return json(res, 404, { app: true, method: req.method, url: req.url });
+  }
+});
+
+server.listen(Number(process.env.PORT || 0), process.env.HOST || "127.0.0.1", () => {
+  console.log(`listening ${server.address().port}`);
+});
+for (const signal of ["SIGTERM", "SIGINT"]) process.on(signal, () => process.exit(0));
