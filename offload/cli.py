@@ -116,7 +116,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     for option in OPTIONS:
         text = arguments[option.field]
         if text is None:
-            text = environ.get(option.environment_variable)
+            text = environ.get(option.environment_variable) or None  # empty means unset
         if text is None:
             continue
         try:

@@ -1,11 +1,36 @@
-"""The short plain-text responses offload writes itself (400, 404, 412, 502, 504)."""
+"""What every response offload writes itself carries: the Date header from one clock, and the
+short plain-text bodies of offload's own answers (400, 404, 412, 502, 504)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from email.utils import formatdate
 from http import HTTPStatus
 
 from starlette.types import Send
+
+
+class HttpDateClock:
+    """The ``Date`` header value, formatted once per second.
+
+    offload writes Date itself rather than leaving it to uvicorn, whose value is refreshed on a
+    timer and can lag the clock that ``Last-Modified`` is capped by (RFC 9110 §8.8.2.1: a
+    Last-Modified later than Date must not be sent).
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def now(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._value = second, formatdate(second, usegmt=True).encode()
+        return self._value
+
+
+http_date = HttpDateClock()
 
 
 async def send_plain_text(
@@ -18,6 +43,7 @@ async def send_plain_text(
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode()),
         (b"x-content-type-options", b"nosniff"),
+        (b"date", http_date.now()),
         *headers,
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -22,8 +22,6 @@ HOP_BY_HOP = frozenset(
 FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 # uvicorn answered "Expect: 100-continue" already; the app gets the body without waiting.
 CONSUMED_REQUEST_HEADERS = frozenset({b"expect"})
-# The front door writes Date, as nginx does by default (proxy_pass_header).
-REPLACED_RESPONSE_HEADERS = frozenset({b"date"})
 
 
 def connection_options(headers: Iterable[Header]) -> frozenset[bytes]:
@@ -77,13 +75,14 @@ def create_upstream_headers(
     return kept
 
 
-def create_client_headers(headers: Iterable[Header]) -> list[Header]:
-    """The client's response headers: the app's end-to-end ones, repeats (Set-Cookie) kept apart."""
+def create_client_headers(headers: Iterable[Header], *, date: bytes) -> list[Header]:
+    """The client's response headers: the app's end-to-end ones, repeats (Set-Cookie) kept apart.
+
+    The app's ``Date`` passes; ``date`` is added only when the app sent none (RFC 9110 §6.6.1).
+    """
     headers = list(headers)
     options = connection_options(headers)
-    return [
-        (name, value)
-        for name, value in headers
-        if not is_hop_by_hop(lower := name.lower(), options)
-        and lower not in REPLACED_RESPONSE_HEADERS
-    ]
+    kept = [(name, value) for name, value in headers if not is_hop_by_hop(name.lower(), options)]
+    if not any(name.lower() == b"date" for name, _ in kept):
+        kept.append((b"date", date))
+    return kept

@@ -17,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
 from offload.proxy.headers import Header, create_client_headers, create_upstream_headers
-from offload.responses import send_plain_text
+from offload.responses import http_date, send_plain_text
 
 # Node's http server closes idle keep-alive sockets after 5 s (server.keepAliveTimeout). The pool
 # must give a socket up first, or a request may race the app's close and see a reset.
@@ -134,7 +134,7 @@ class HttpProxy:
                 {
                     "type": "http.response.start",
                     "status": response.status,
-                    "headers": create_client_headers(response.raw_headers),
+                    "headers": create_client_headers(response.raw_headers, date=http_date.now()),
                 }
             )
             try:

@@ -147,7 +147,8 @@ class Catalog:
 
     def _create_asset(self, relative: str, fd: int, status: os.stat_result) -> Asset:
         etag = f'"{_content_digest(fd, status.st_size)}"'
-        # RFC 9110 §8.8.2.1: never a Last-Modified later than the response's Date
+        # RFC 9110 §8.8.2.1: never a Last-Modified later than the Date sent with it, which
+        # comes from the same clock, read later
         last_modified = min(int(status.st_mtime), int(time.time()))
         cache_control = media.cache_control_for(
             "/" + relative, default_max_age_seconds=self.default_max_age_seconds

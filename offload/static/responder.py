@@ -7,7 +7,7 @@ import os
 
 from starlette.types import Scope, Send
 
-from offload.responses import send_plain_text
+from offload.responses import http_date, send_plain_text
 from offload.static.catalog import Asset, Catalog, OpenAsset, Redirect
 from offload.static.http import NOT_MODIFIED, evaluate_preconditions
 from offload.static.paths import parse_request_path
@@ -60,14 +60,14 @@ async def _send_asset(scope: Scope, send: Send, found: OpenAsset) -> None:
     )
     if status == NOT_MODIFIED:
         # RFC 9110 §15.4.5: a 304 carries the validators and caching headers, no body
-        await send(
-            {"type": "http.response.start", "status": status, "headers": asset.not_modified_headers}
-        )
+        headers = (*asset.not_modified_headers, (b"date", http_date.now()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
     elif status is not None:
         await send_plain_text(send, status)
     else:
-        await send({"type": "http.response.start", "status": 200, "headers": asset.headers})
+        headers = (*asset.headers, (b"date", http_date.now()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
         else:
@@ -102,7 +102,7 @@ def _read_exactly(fd: int, offset: int, length: int) -> bytes:
 async def _send_redirect(scope: Scope, send: Send, redirect: Redirect) -> None:
     query: bytes = scope.get("query_string", b"")
     location = redirect.location.encode() + (b"?" + query if query else b"")
-    headers = [(b"location", location), (b"content-length", b"0")]
+    headers = [(b"location", location), (b"content-length", b"0"), (b"date", http_date.now())]
     await send({"type": "http.response.start", "status": 308, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
 

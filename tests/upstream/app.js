@@ -7,6 +7,7 @@ const crypto = require("node:crypto");
 const http = require("node:http");
 
 const releases = new Map(); // stream id -> function that finishes that stream
+const streamStates = new Map(); // stream id -> "open" | "finished" | "aborted"
 
 function json(res, status, body, headers = {}) {
   const data = JSON.stringify(body);
@@ -38,6 +39,8 @@ function echo(req, res) {
 function stream(req, res, id) {
   res.writeHead(200, { "content-type": "text/plain" });
   res.write("first\n");
+  streamStates.set(id, "open");
+  res.on("close", () => streamStates.set(id, res.writableFinished ? "finished" : "aborted"));
   releases.set(id, () => res.end("last\n"));
 }
 
@@ -84,6 +87,8 @@ const server = http.createServer((req, res) => {
       return stream(req, res, id);
     case "/api/release":
       return release(res, id);
+    case "/api/stream-state":
+      return json(res, 200, { state: streamStates.get(id) || "unknown" });
     case "/api/slow":
       return setTimeout(() => json(res, 200, { slow: true }), Number(url.searchParams.get("ms")));
     case "/api/download":

@@ -1,0 +1,1 @@
+export const vendor = "webpack-style fingerprint";

@@ -1,0 +1,139 @@
+"""Real servers for the tests: offload started as its own command on loopback ports, in front of
+a real Node.js app (tests/upstream/app.js), and a raw client that sends bytes as given."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "static_fixtures"
+UPSTREAM_APP = ROOT / "tests" / "upstream" / "app.js"
+START_SECONDS = 15.0
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class NodeApp:
+    process: subprocess.Popen[str]
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def start_node_app() -> NodeApp:
+    process = subprocess.Popen(
+        ["node", str(UPSTREAM_APP)],
+        env={**os.environ, "PORT": "0"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # "listening <port>", printed once the socket is bound
+    if not line.startswith("listening "):
+        process.kill()
+        raise RuntimeError(f"the Node test app did not start: {line!r}")
+    return NodeApp(process=process, port=int(line.split()[1]))
+
+
+@dataclass
+class Offload:
+    process: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+    log: IO[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+
+def _wait_until_serving(offload: Offload) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        if offload.process.poll() is not None:
+            raise RuntimeError(f"offload exited during start-up:\n{offload.output()}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(offload.admin_url + "/livez").status_code == 200:
+                with socket.create_connection(("127.0.0.1", offload.port), timeout=1):
+                    return
+        time.sleep(0.05)
+    raise RuntimeError(f"offload did not start in {START_SECONDS} s:\n{offload.output()}")
+
+
+@contextlib.contextmanager
+def run_offload(*arguments: str | Path) -> Iterator[Offload]:
+    """Run ``python -m offload`` on free loopback ports until the block ends."""
+    port, admin_port = free_port(), free_port()
+    command = [sys.executable, "-m", "offload", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--admin-port", str(admin_port), *map(str, arguments)]
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        offload = Offload(process=process, port=port, admin_port=admin_port, log=log)
+        try:
+            _wait_until_serving(offload)
+            yield offload
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = [value for key, value in self.headers if key.lower() == name.lower()]
+        return ", ".join(values) if values else None
+
+
+def raw_request(port: int, request: bytes) -> RawResponse:
+    """Send bytes exactly as given (no client normalises the target) and read one response,
+    which must end with the connection (the request should say ``Connection: close``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = [(name, value.strip()) for name, _, value in (line.partition(":") for line in lines)]
+    return RawResponse(status=int(status_line.split()[1]), headers=headers, body=body)
+
+
+def raw_get(port: int, target: str, *headers: str) -> RawResponse:
+    lines = [f"GET {target} HTTP/1.1", "Host: offload.test", "Connection: close", *headers]
+    return raw_request(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))

@@ -1,0 +1,118 @@
+"""Validators and conditional requests (RFC 9110 §8.8, §13), as tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from offload.static.http import (
+    evaluate_preconditions,
+    format_http_date,
+    is_strong_match,
+    is_weak_match,
+    parse_entity_tags,
+    parse_http_date,
+)
+
+ETAG = '"abc"'
+MODIFIED = 784111777  # Sun, 06 Nov 1994 08:49:37 GMT
+MODIFIED_DATE = "Sun, 06 Nov 1994 08:49:37 GMT"
+EARLIER_DATE = "Sun, 06 Nov 1994 08:49:36 GMT"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [MODIFIED_DATE, "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"],
+)
+def test_parse_http_date_reads_all_three_forms(value: str) -> None:
+    assert parse_http_date(value) == MODIFIED
+
+
+@pytest.mark.parametrize("value", ["", "yesterday", "Sun, 99 Foo 1994 08:49:37 GMT", "12345"])
+def test_parse_http_date_returns_none_for_garbage(value: str) -> None:
+    assert parse_http_date(value) is None
+
+
+def test_format_http_date_writes_imf_fixdate() -> None:
+    assert format_http_date(MODIFIED) == MODIFIED_DATE
+
+
+@pytest.mark.parametrize(
+    ("header", "tags"),
+    [
+        ('"a"', ['"a"']),
+        ('"a", "b"', ['"a"', '"b"']),
+        ('W/"a", "b"', ['W/"a"', '"b"']),
+        ('"a,b", "c"', ['"a,b"', '"c"']),
+        ("*", None),
+        (" * ", None),
+        ("", []),
+        ("junk", []),
+    ],
+)
+def test_parse_entity_tags(header: str, tags: list[str] | None) -> None:
+    assert parse_entity_tags(header) == tags
+
+
+@pytest.mark.parametrize(
+    ("header", "weak", "strong"),
+    [
+        ('"abc"', True, True),
+        ('W/"abc"', True, False),
+        ('"x", "abc"', True, True),
+        ('"x", W/"abc"', True, False),
+        ("*", True, True),
+        ('"abcd"', False, False),
+        ("abc", False, False),
+    ],
+)
+def test_weak_and_strong_comparison(header: str, weak: bool, strong: bool) -> None:
+    assert is_weak_match(header, ETAG) is weak
+    assert is_strong_match(header, ETAG) is strong
+
+
+def evaluate(method: str = "GET", **headers: str) -> int | None:
+    return evaluate_preconditions(
+        method=method,
+        etag=ETAG,
+        last_modified=MODIFIED,
+        if_match=headers.get("if_match"),
+        if_unmodified_since=headers.get("if_unmodified_since"),
+        if_none_match=headers.get("if_none_match"),
+        if_modified_since=headers.get("if_modified_since"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, None),
+        ({"if_none_match": ETAG}, 304),
+        ({"if_none_match": f'"x", {ETAG}'}, 304),
+        ({"if_none_match": 'W/"abc"'}, 304),
+        ({"if_none_match": "*"}, 304),
+        ({"if_none_match": '"x"'}, None),
+        ({"if_modified_since": MODIFIED_DATE}, 304),
+        ({"if_modified_since": EARLIER_DATE}, None),
+        ({"if_modified_since": "not a date"}, None),
+        # RFC 9110 §13.1.3: If-None-Match present, If-Modified-Since is ignored
+        ({"if_none_match": '"x"', "if_modified_since": MODIFIED_DATE}, None),
+        ({"if_match": ETAG}, None),
+        ({"if_match": '"x"'}, 412),
+        ({"if_match": 'W/"abc"'}, 412),
+        ({"if_match": "*"}, None),
+        ({"if_unmodified_since": EARLIER_DATE}, 412),
+        ({"if_unmodified_since": MODIFIED_DATE}, None),
+        ({"if_unmodified_since": "garbage"}, None),
+        # If-Match present, If-Unmodified-Since is ignored
+        ({"if_match": ETAG, "if_unmodified_since": EARLIER_DATE}, None),
+        # the 412 preconditions come first
+        ({"if_match": '"x"', "if_none_match": ETAG}, 412),
+    ],
+)
+def test_preconditions_follow_rfc_9110_order(headers: dict[str, str], status: int | None) -> None:
+    assert evaluate(**headers) == status
+
+
+def test_if_modified_since_applies_only_to_get_and_head() -> None:
+    assert evaluate("HEAD", if_modified_since=MODIFIED_DATE) == 304
+    assert evaluate("POST", if_modified_since=MODIFIED_DATE) is None

@@ -1,0 +1,113 @@
+"""The command line: flags and OFFLOAD_* variables map onto Config; bad settings exit 2 with
+one line and no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from offload import __version__
+from offload.cli import OPTIONS, parse_config
+from offload.config import config_fields
+from tests.servers import FIXTURES, ROOT
+
+
+def run_cli(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "offload", *arguments],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**_environ_without_offload_variables(), **(env or {})},
+        timeout=30,
+        check=False,
+    )
+
+
+def _environ_without_offload_variables() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith("OFFLOAD_")}
+
+
+def test_every_config_field_has_exactly_one_flag() -> None:
+    assert sorted(option.field for option in OPTIONS) == sorted(config_fields())
+
+
+def test_environment_variable_names_follow_the_flag() -> None:
+    names = {option.flag: option.environment_variable for option in OPTIONS}
+    assert names["--upstream"] == "OFFLOAD_UPSTREAM"
+    assert names["--admin-port"] == "OFFLOAD_ADMIN_PORT"
+    assert names["--read-timeout"] == "OFFLOAD_READ_TIMEOUT"
+
+
+def test_environment_sets_values_and_flags_win() -> None:
+    environ = {
+        "OFFLOAD_STATIC": str(FIXTURES),
+        "OFFLOAD_PORT": "7000",
+        "OFFLOAD_ADMIN_PORT": "7001",
+    }
+    config = parse_config(["--port", "8000", "--read-timeout", "2.5"], environ)
+    assert config.static == FIXTURES
+    assert config.port == 8000
+    assert config.admin_port == 7001
+    assert config.read_timeout_seconds == 2.5
+
+
+def test_empty_environment_variable_counts_as_unset() -> None:
+    config = parse_config(["--static", str(FIXTURES)], {"OFFLOAD_UPSTREAM": "", "OFFLOAD_PORT": ""})
+    assert config.upstream is None
+    assert config.port == 8080
+
+
+def test_defaults_match_the_design_card() -> None:
+    config = parse_config(["--static", str(FIXTURES)], {})
+    assert (config.host, config.port, config.admin_port) == ("0.0.0.0", 8080, 9901)
+    assert config.upstream is None
+
+
+@pytest.mark.parametrize(
+    ("arguments", "env", "named"),
+    [
+        (["--static", "/no/such/dir"], {}, "--static '/no/such/dir'"),
+        (["--static", str(FIXTURES / "index.html")], {}, "--static"),
+        (["--upstream", "localhost"], {}, "--upstream 'localhost'"),
+        (["--upstream", "https://app:3000"], {}, "--upstream"),
+        (["--upstream", "unix:/run/app.sock"], {}, "Unix-socket"),
+        (["--static", str(FIXTURES), "--port", "70000"], {}, "--port '70000'"),
+        (["--static", str(FIXTURES), "--port", "http"], {}, "--port 'http'"),
+        (["--static", str(FIXTURES), "--admin-port", "8080"], {}, "--admin-port"),
+        (["--static", str(FIXTURES), "--read-timeout", "soon"], {}, "--read-timeout 'soon'"),
+        (["--static", str(FIXTURES), "--connect-timeout", "0"], {}, "--connect-timeout"),
+        ([], {"OFFLOAD_STATIC": "/no/such/dir"}, "OFFLOAD_STATIC '/no/such/dir'"),
+        (["--static", str(FIXTURES)], {"OFFLOAD_PORT": "-5"}, "OFFLOAD_PORT '-5'"),
+        ([], {}, "nothing to serve"),
+        (["--static", str(FIXTURES), "--no-such-flag"], {}, "--no-such-flag"),
+    ],
+)
+def test_bad_setting_exits_2_with_one_line_naming_it(
+    arguments: list[str], env: dict[str, str], named: str
+) -> None:
+    result = run_cli(*arguments, env=env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("offload: error: ")
+    assert named in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_python_dash_m_offload_reports_its_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"offload {__version__}"
+
+
+def test_help_lists_every_flag_and_its_variable() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for option in OPTIONS:
+        assert option.flag in result.stdout
+        assert option.environment_variable in result.stdout
