@@ -41,7 +41,9 @@ def _create_listener(
             lifespan=lifespan,
             access_log=False,
             server_header=False,  # the app's Server header passes through untouched
-            date_header=False,  # offload writes Date itself: see responses.HttpDateClock
+            date_header=False,
+            # uvicorn trusts X-Forwarded-For from loopback by default; trust is offload's call
+            proxy_headers=False,  # offload writes Date itself: see responses.HttpDateClock
             log_config=None,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         )

@@ -1,0 +1,247 @@
+"""Proxied requests over real loopback sockets to the real Node test app: methods, bodies,
+header rules, streaming, disconnects and the failure statuses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.servers import FIXTURES, NodeApp, Offload, free_port, raw_get
+
+UPLOAD_BYTES = 20 * 1024 * 1024
+
+
+def app_headers(echo: dict[str, Any]) -> list[tuple[str, str]]:
+    """The headers the app received, in order, names lower-cased."""
+    raw: list[str] = echo["rawHeaders"]
+    return [(raw[i].lower(), raw[i + 1]) for i in range(0, len(raw), 2)]
+
+
+def app_header_values(echo: dict[str, Any], name: str) -> list[str]:
+    return [value for key, value in app_headers(echo) if key == name]
+
+
+class TestRouting:
+    def test_get_miss_goes_to_the_app(self, client: httpx.Client) -> None:
+        response = client.get("/api/echo?x=1")
+        assert response.status_code == 200
+        assert response.json()["method"] == "GET"
+        assert response.json()["url"] == "/api/echo?x=1"
+
+    @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+    def test_other_methods_on_a_static_path_go_to_the_app(
+        self, client: httpx.Client, method: str
+    ) -> None:
+        response = client.request(method, "/style.css")
+        assert response.json() == {"app": True, "method": method, "url": "/style.css"}
+
+    def test_app_receives_the_raw_target_byte_for_byte(self, offload: Offload) -> None:
+        response = raw_get(offload.port, "//api/%2Fraw//path%3F?q=a%20b&q=%2F")
+        assert b'"url":"//api/%2Fraw//path%3F?q=a%20b&q=%2F"' in response.body
+
+    def test_admin_paths_on_the_public_port_belong_to_the_app(self, client: httpx.Client) -> None:
+        response = client.get("/livez")
+        assert response.status_code == 404
+        assert response.json()["app"] is True
+
+
+class TestBodies:
+    def test_upload_of_20_mb_reaches_the_app_intact(self, client: httpx.Client) -> None:
+        data = os.urandom(UPLOAD_BYTES)
+        echo = client.post("/api/echo", content=data).json()
+        assert echo["bodyLength"] == UPLOAD_BYTES
+        assert echo["bodySha256"] == hashlib.sha256(data).hexdigest()
+        assert app_header_values(echo, "content-length") == [str(UPLOAD_BYTES)]
+
+    def test_chunked_upload_of_20_mb_reaches_the_app_intact(self, client: httpx.Client) -> None:
+        data = os.urandom(UPLOAD_BYTES)
+
+        def pieces() -> Iterator[bytes]:
+            for start in range(0, len(data), 1024 * 1024):
+                yield data[start : start + 1024 * 1024]
+
+        echo = client.post("/api/echo", content=pieces()).json()
+        assert echo["bodyLength"] == UPLOAD_BYTES
+        assert echo["bodySha256"] == hashlib.sha256(data).hexdigest()
+        assert app_header_values(echo, "transfer-encoding") == ["chunked"]
+
+    def test_download_streams_intact(self, client: httpx.Client) -> None:
+        response = client.get("/api/download?bytes=5000001")
+        assert response.headers["content-length"] == "5000001"
+        assert response.content == b"x" * 5_000_001
+
+    def test_head_is_forwarded_without_a_body(self, client: httpx.Client) -> None:
+        response = client.head("/api/download?bytes=1000")
+        assert response.status_code == 200
+        assert response.content == b""
+
+
+class TestHeaders:
+    def test_host_and_end_to_end_headers_pass_unchanged(self, offload: Offload) -> None:
+        response = raw_get(
+            offload.port,
+            "/api/echo",
+            "Cookie: session=1",
+            "Authorization: Bearer token",
+            "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        echo = _json_body(response.body)
+        assert app_header_values(echo, "host") == ["offload.test"]
+        assert app_header_values(echo, "cookie") == ["session=1"]
+        assert app_header_values(echo, "authorization") == ["Bearer token"]
+        assert app_header_values(echo, "traceparent") == [
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ]
+
+    def test_nothing_is_added_that_the_client_did_not_send(self, offload: Offload) -> None:
+        echo = _json_body(raw_get(offload.port, "/api/echo").body)
+        names = {name for name, _ in app_headers(echo)}
+        assert names == {
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-request-id",
+        }
+
+    def test_hop_by_hop_request_headers_are_dropped(self, offload: Offload) -> None:
+        response = raw_get(
+            offload.port,
+            "/api/echo",
+            "Connection: close, X-Hop",
+            "X-Hop: private",
+            "Keep-Alive: timeout=5",
+            "TE: trailers",
+            "Proxy-Authorization: Basic eDp5",
+            "Upgrade: h2c",
+        )
+        names = {name for name, _ in app_headers(_json_body(response.body))}
+        assert names.isdisjoint({"x-hop", "keep-alive", "te", "proxy-authorization", "upgrade"})
+
+    def test_forwarded_headers_are_set_and_spoofed_ones_replaced(self, offload: Offload) -> None:
+        response = raw_get(
+            offload.port,
+            "/api/echo",
+            "X-Forwarded-For: 6.6.6.6",
+            "X-Forwarded-Host: evil.test",
+            "X-Forwarded-Proto: https",
+        )
+        echo = _json_body(response.body)
+        assert app_header_values(echo, "x-forwarded-for") == ["127.0.0.1"]
+        assert app_header_values(echo, "x-forwarded-host") == ["offload.test"]
+        assert app_header_values(echo, "x-forwarded-proto") == ["http"]
+
+    def test_request_id_is_added_once_and_a_clients_is_kept(self, client: httpx.Client) -> None:
+        added = app_header_values(client.get("/api/echo").json(), "x-request-id")
+        assert len(added) == 1
+        assert len(added[0]) == 32
+        kept = client.get("/api/echo", headers={"x-request-id": "abc-123"}).json()
+        assert app_header_values(kept, "x-request-id") == ["abc-123"]
+
+    def test_repeated_set_cookie_headers_stay_apart(self, client: httpx.Client) -> None:
+        response = client.get("/api/cookies")
+        assert response.headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; Path=/; HttpOnly"]
+
+    def test_hop_by_hop_response_headers_are_dropped(self, client: httpx.Client) -> None:
+        response = client.get("/api/hop-by-hop")
+        assert response.headers["x-public"] == "kept"
+        for name in ("x-private", "keep-alive", "proxy-authenticate"):
+            assert name not in response.headers
+
+    def test_the_apps_date_passes_and_one_date_is_sent(self, client: httpx.Client) -> None:
+        assert len(client.get("/api/echo").headers.get_list("date")) == 1
+
+
+class TestStreaming:
+    def test_first_chunk_arrives_before_the_last_is_produced(
+        self, client: httpx.Client, offload: Offload
+    ) -> None:
+        stream_id = uuid.uuid4().hex
+        with client.stream("GET", f"/api/stream?id={stream_id}") as response:
+            chunks = response.iter_raw()
+            # the app writes "last" only once released: a buffering proxy times out here
+            assert next(chunks) == b"first\n"
+            released = httpx.get(f"{offload.url}/api/release?id={stream_id}")
+            assert released.json() == {"released": True}
+            assert b"".join(chunks) == b"last\n"
+
+    def test_client_going_away_closes_the_apps_response(self, offload: Offload) -> None:
+        stream_id = uuid.uuid4().hex
+        with (
+            httpx.Client(base_url=offload.url, timeout=10) as leaving,
+            leaving.stream("GET", f"/api/stream?id={stream_id}") as response,
+        ):
+            assert next(response.iter_raw()) == b"first\n"
+        # the client's connection is gone mid-response: offload must close the app's side
+        assert _wait_for_stream_state(offload, stream_id) == "aborted"
+
+
+def _wait_for_stream_state(offload: Offload, stream_id: str) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{offload.url}/api/stream-state?id={stream_id}").json()["state"]
+        if state != "open":
+            return str(state)
+        time.sleep(0.05)
+    return "open"
+
+
+class TestFailures:
+    def test_app_down_is_502_with_a_short_text(self, start_offload: Callable[..., Offload]) -> None:
+        server = start_offload("--upstream", f"127.0.0.1:{free_port()}")
+        response = httpx.get(server.url + "/api/echo")
+        assert response.status_code == 502
+        assert response.headers["content-type"] == "text/plain; charset=utf-8"
+        assert response.text.startswith("Bad Gateway")
+
+    def test_malformed_response_is_502(self, client: httpx.Client) -> None:
+        response = client.get("/api/malformed")
+        assert response.status_code == 502
+        assert response.text.startswith("Bad Gateway")
+
+    def test_app_slower_than_read_timeout_is_504(
+        self, node_app: NodeApp, start_offload: Callable[..., Offload]
+    ) -> None:
+        server = start_offload("--upstream", node_app.address, "--read-timeout", "0.5")
+        started = time.monotonic()
+        response = httpx.get(server.url + "/api/slow?ms=5000")
+        assert response.status_code == 504
+        assert response.text.startswith("Gateway Timeout")
+        assert time.monotonic() - started < 4
+        assert httpx.get(server.url + "/api/slow?ms=10").status_code == 200
+
+    def test_slow_upload_is_not_a_read_timeout(
+        self, node_app: NodeApp, start_offload: Callable[..., Offload]
+    ) -> None:
+        server = start_offload("--upstream", node_app.address, "--read-timeout", "0.5")
+
+        def trickle() -> Iterator[bytes]:
+            for _ in range(4):
+                yield b"x" * 1024
+                time.sleep(0.25)  # the client, not the app, is slow: 1 s in all
+
+        echo = httpx.post(server.url + "/api/echo", content=trickle()).json()
+        assert echo["bodyLength"] == 4096
+
+    def test_static_only_mode_answers_misses_with_404(
+        self, start_offload: Callable[..., Offload]
+    ) -> None:
+        server = start_offload("--static", FIXTURES)
+        response = httpx.get(server.url + "/api/echo")
+        assert response.status_code == 404
+        assert response.text == "Not Found\n"
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    """The JSON object in a raw chunked body (one chunk, as the Node app writes it)."""
+    start, end = body.index(b"{"), body.rindex(b"}") + 1
+    result: dict[str, Any] = json.loads(body[start:end])
+    return result
