@@ -1,8 +1,10 @@
-"""HTTP rules for static responses as pure functions over header values: validators and
-conditional requests (RFC 9110 §8.8 and §13)."""
+"""HTTP rules for static responses as pure functions over header values: validators,
+conditional requests, ranges and content negotiation (RFC 9110 §8.8, §12.5.3, §13, §14)."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from email.utils import formatdate, mktime_tz, parsedate_tz
 
 NOT_MODIFIED = 304
@@ -94,3 +96,145 @@ def evaluate_preconditions(
         if since is not None and last_modified <= since:
             return NOT_MODIFIED
     return None
+
+
+# -- Ranges (RFC 9110 §14) ---------------------------------------------------------------------
+
+MAX_RANGES = 16  # more parts than this is an amplification attempt, not a download manager
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")  # ASCII digits only: int() takes "²" too
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """An inclusive byte range, as ``Content-Range`` writes it."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    def content_range(self, size: int) -> str:
+        return f"bytes {self.start}-{self.end}/{size}"
+
+
+class Unsatisfiable:
+    """No range of the request overlaps the representation: answer 416."""
+
+
+UNSATISFIABLE = Unsatisfiable()
+
+
+def parse_range(header: str, size: int) -> list[ByteRange] | Unsatisfiable | None:
+    """The ranges to send, sorted and merged; `UNSATISFIABLE`; or ``None`` to ignore the header
+    and send the whole representation.
+
+    ``None`` covers a malformed header or unknown unit (§14.2: ignore it), an empty file, and the
+    Apache-Killer shapes: more than `MAX_RANGES` parts, or parts adding up past the file size.
+    """
+    unit, equals, specs = header.partition("=")
+    if not equals or unit.strip().lower() != "bytes" or size == 0:
+        return None
+    requested: list[ByteRange] = []
+    count = 0
+    for spec in specs.split(","):
+        if not (spec := spec.strip()):
+            continue
+        count += 1
+        match = _RANGE_SPEC.fullmatch(spec)
+        if match is None or match.group(0) == "-":
+            return None
+        first, last = match.groups()
+        if first and last and int(first) > int(last):
+            return None  # §14.1.1: an invalid range-spec makes the whole header invalid
+        if (satisfiable := _satisfiable(first, last, size)) is not None:
+            requested.append(satisfiable)
+    if count == 0:
+        return None
+    if count > MAX_RANGES or sum(part.length for part in requested) > size:
+        return None
+    return _merge(requested) if requested else UNSATISFIABLE
+
+
+def _satisfiable(first: str, last: str, size: int) -> ByteRange | None:
+    if not first:  # suffix: the last N bytes
+        suffix = int(last)
+        return ByteRange(max(0, size - suffix), size - 1) if suffix > 0 else None
+    start = int(first)
+    if start >= size:
+        return None
+    return ByteRange(start, min(int(last), size - 1) if last else size - 1)
+
+
+def _merge(ranges: list[ByteRange]) -> list[ByteRange]:
+    """Overlapping and adjacent ranges become one (§14.2 lets a server coalesce them)."""
+    merged: list[ByteRange] = []
+    for part in sorted(ranges, key=lambda item: item.start):
+        if merged and part.start <= merged[-1].end + 1:
+            merged[-1] = ByteRange(merged[-1].start, max(merged[-1].end, part.end))
+        else:
+            merged.append(part)
+    return merged
+
+
+def is_range_fresh(if_range: str | None, *, etag: str, last_modified: int) -> bool:
+    """RFC 9110 §13.1.5: a range is sent only if If-Range still names this representation, by
+    a strong entity-tag or by its exact Last-Modified date."""
+    if if_range is None:
+        return True
+    value = if_range.strip()
+    if value.startswith(('"', "W/")):
+        return value == etag and not etag.startswith("W/")
+    return parse_http_date(value) == last_modified
+
+
+# -- Content negotiation (RFC 9110 §12.5.3) ----------------------------------------------------
+
+IDENTITY = "identity"
+_CODING_ALIASES = {"x-gzip": "gzip"}
+
+
+def parse_accept_encoding(header: str) -> dict[str, float]:
+    """Coding → q-value. Names are case-insensitive; ``x-gzip`` is gzip; a bad q drops the item."""
+    qualities: dict[str, float] = {}
+    for item in header.split(","):
+        name, *parameters = (part.strip() for part in item.split(";"))
+        if not name:
+            continue
+        quality = 1.0
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = -1.0
+        if 0.0 <= quality <= 1.0:
+            name = name.lower()
+            qualities[_CODING_ALIASES.get(name, name)] = quality
+    return qualities
+
+
+def select_encoding(header: str | None, available: tuple[str, ...]) -> str:
+    """The coding to send: highest q-value, ties to the server's order in ``available``
+    (br before zstd before gzip), identity last.
+
+    No header means identity: any coding would be allowed, but old clients that omit the
+    header are the ones least likely to decode it. When nothing is acceptable, identity is
+    sent anyway (§12.5.3 allows disregarding the header rather than failing).
+    """
+    if header is None or not available:
+        return IDENTITY
+    qualities = parse_accept_encoding(header)
+    star = qualities.get("*")
+
+    def quality(coding: str) -> float:
+        if coding in qualities:
+            return qualities[coding]
+        if star is not None:
+            return star
+        return 1.0 if coding == IDENTITY else 0.0
+
+    best = max((*available, IDENTITY), key=quality)  # max keeps the first of equals
+    return best if quality(best) > 0 else IDENTITY

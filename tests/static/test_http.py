@@ -5,12 +5,17 @@ from __future__ import annotations
 import pytest
 
 from offload.static.http import (
+    UNSATISFIABLE,
     evaluate_preconditions,
     format_http_date,
+    is_range_fresh,
     is_strong_match,
     is_weak_match,
+    parse_accept_encoding,
     parse_entity_tags,
     parse_http_date,
+    parse_range,
+    select_encoding,
 )
 
 ETAG = '"abc"'
@@ -116,3 +121,110 @@ def test_preconditions_follow_rfc_9110_order(headers: dict[str, str], status: in
 def test_if_modified_since_applies_only_to_get_and_head() -> None:
     assert evaluate("HEAD", if_modified_since=MODIFIED_DATE) == 304
     assert evaluate("POST", if_modified_since=MODIFIED_DATE) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "ranges"),
+    [
+        ("bytes=0-0", 100, [(0, 0)]),  # end offsets are inclusive: one byte
+        ("bytes=-1", 100, [(99, 99)]),
+        ("bytes=0-99", 100, [(0, 99)]),
+        ("bytes=10-", 100, [(10, 99)]),
+        ("bytes=90-200", 100, [(90, 99)]),  # an end past the file clamps
+        ("bytes=-200", 100, [(0, 99)]),
+        ("Bytes = 1-2", 100, [(1, 2)]),
+        ("bytes=0-1, 5-6", 100, [(0, 1), (5, 6)]),
+        ("bytes=5-6, 0-1", 100, [(0, 1), (5, 6)]),
+        ("bytes=0-10, 5-20", 100, [(0, 20)]),  # overlapping parts merge
+        ("bytes=0-9, 10-19", 100, [(0, 19)]),  # and adjacent ones
+        ("bytes=0-1, 200-300", 100, [(0, 1)]),  # an unsatisfiable part is dropped
+        ("bytes=0-1,,2-3", 100, [(0, 3)]),
+    ],
+)
+def test_parse_range_returns_merged_inclusive_ranges(
+    header: str, size: int, ranges: list[tuple[int, int]]
+) -> None:
+    parsed = parse_range(header, size)
+    assert isinstance(parsed, list)
+    assert [(part.start, part.end) for part in parsed] == ranges
+
+
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [("bytes=100-", 100), ("bytes=100-200", 100), ("bytes=-0", 100), ("bytes=200-300, 150-", 100)],
+)
+def test_parse_range_unsatisfiable(header: str, size: int) -> None:
+    assert parse_range(header, size) is UNSATISFIABLE
+
+
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [
+        ("bytes=5-1", 100),  # last before first: invalid, so the header is ignored
+        ("bytes=a-b", 100),
+        ("bytes=-", 100),
+        ("bytes=1-2-3", 100),
+        ("bytes=²-3", 100),
+        ("bytes=", 100),
+        ("items=0-1", 100),  # unknown unit
+        ("0-1", 100),
+        ("bytes=0-0", 0),  # an empty file is sent whole
+        (", ".join(["bytes=0-0"] + [f"{i}-{i}" for i in range(2, 40, 2)]), 100),  # too many
+        ("bytes=0-99, 0-99", 100),  # adds up past the size: Apache Killer
+        ("bytes=0-60, 40-99", 100),
+    ],
+)
+def test_parse_range_ignores_malformed_and_abusive_headers(header: str, size: int) -> None:
+    assert parse_range(header, size) is None
+
+
+@pytest.mark.parametrize(
+    ("if_range", "fresh"),
+    [
+        (None, True),
+        (ETAG, True),
+        ('"other"', False),
+        ('W/"abc"', False),  # a weak validator never allows a range
+        (MODIFIED_DATE, True),
+        (EARLIER_DATE, False),
+        ("garbage", False),
+    ],
+)
+def test_if_range_requires_a_strong_match(if_range: str | None, fresh: bool) -> None:
+    assert is_range_fresh(if_range, etag=ETAG, last_modified=MODIFIED) is fresh
+
+
+ALL = ("br", "zstd", "gzip")
+
+
+@pytest.mark.parametrize(
+    ("header", "available", "coding"),
+    [
+        (None, ALL, "identity"),
+        ("", ALL, "identity"),
+        ("gzip", ALL, "gzip"),
+        ("gzip, br", ALL, "br"),
+        ("br, gzip", ("gzip",), "gzip"),
+        ("gzip, deflate, br, zstd", ALL, "br"),  # ties go to the server's order, not the header's
+        ("gzip;q=1.0, br;q=0.5", ALL, "gzip"),
+        ("br;q=0, gzip", ALL, "gzip"),
+        ("BR", ALL, "br"),
+        ("x-gzip", ALL, "gzip"),
+        ("*", ALL, "br"),
+        ("*;q=0.5, br;q=0", ALL, "zstd"),
+        ("*;q=0", ALL, "identity"),  # nothing acceptable: identity regardless
+        ("identity", ALL, "identity"),
+        ("gzip;q=0.5, identity", ALL, "identity"),
+        ("gzip, identity;q=0", ALL, "gzip"),
+        ("gzip;q=bogus, br", ALL, "br"),
+        ("gzip;q=2", ALL, "identity"),
+        ("gzip", (), "identity"),
+        ("deflate", ALL, "identity"),
+    ],
+)
+def test_select_encoding(header: str | None, available: tuple[str, ...], coding: str) -> None:
+    assert select_encoding(header, available) == coding
+
+
+def test_parse_accept_encoding_reads_q_values() -> None:
+    assert parse_accept_encoding("gzip;q=0.5, BR, *;q=0") == {"gzip": 0.5, "br": 1.0, "*": 0.0}
