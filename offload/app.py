@@ -8,25 +8,25 @@ from starlette.types import Receive, Scope, Send
 from offload.config import Config
 from offload.proxy.http import HttpProxy
 from offload.responses import send_plain_text
-from offload.static.catalog import Catalog
+from offload.static.catalog import Catalog, CatalogSettings
 from offload.static.paths import BadPath, canonical_path
 from offload.static.responder import StaticResponder
 
 STATIC_METHODS = frozenset({"GET", "HEAD"})
-DEFAULT_MAX_AGE_SECONDS = 60
 
 
 class Edge:
-    """The ASGI app offload serves on its public port; its lifespan opens and closes the
-    connection pool to the app."""
+    """The ASGI app offload serves on its public port. Its lifespan scans the static root and
+    starts the watcher, and opens the connection pool to the app; shutdown closes both."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.catalog: Catalog | None = None
         self.static: StaticResponder | None = None
         self.proxy: HttpProxy | None = None
         if config.static is not None:
-            catalog = Catalog(config.static, default_max_age_seconds=DEFAULT_MAX_AGE_SECONDS)
-            self.static = StaticResponder(catalog)
+            self.catalog = Catalog(config.static, _catalog_settings(config))
+            self.static = StaticResponder(self.catalog, spa=config.spa)
         if (upstream := config.upstream_address) is not None:
             self.proxy = HttpProxy(
                 upstream.base_url,
@@ -66,14 +66,27 @@ class Edge:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.catalog is not None:
+                    await self.catalog.start()
                 if self.proxy is not None:
                     await self.proxy.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.catalog is not None:
+                    await self.catalog.close()
                 if self.proxy is not None:
                     await self.proxy.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _catalog_settings(config: Config) -> CatalogSettings:
+    return CatalogSettings(
+        in_memory_max_bytes=config.in_memory_max_bytes,
+        cache_max_age_seconds=config.cache_max_age_seconds,
+        cache_control_rules=config.cache_control_rules,
+        compress=config.compress_static,
+    )
 
 
 def create_app(config: Config) -> Edge:

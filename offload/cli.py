@@ -1,4 +1,5 @@
-"""The command line: flags and ``OFFLOAD_*`` variables mapped onto `Config`, then `serve`.
+"""The command line: flags and ``OFFLOAD_*`` variables mapped onto `Config`, then `serve`; and
+``offload compress DIR``, the build step that writes ``.br``/``.gz`` files.
 
 Flags win over the environment. A bad setting prints one line naming it and exits with 2.
 """
@@ -16,29 +17,53 @@ from typing import NoReturn
 from offload import __version__
 from offload.config import Config, ConfigError
 from offload.server import serve
+from offload.static.compress import compress_directory
 
 EXIT_BAD_SETTING = 2
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(frozen=True)
 class Option:
-    """One flag: the `Config` field it sets, how its text becomes a value, and its help."""
+    """One flag: the `Config` field it sets, how its text becomes a value, and its help.
+
+    A ``switch`` takes no value and sets ``switch_value``; its variable takes 1/0, true/false.
+    A ``repeatable`` flag may be given many times; its variable separates values with ``;``.
+    """
 
     flag: str
     field: str
-    parse: Callable[[str], object]
     help: str
-    metavar: str
+    metavar: str = ""
+    parse: Callable[[str], object] = str
+    switch: bool = False
+    switch_value: bool = True
+    repeatable: bool = False
 
     @property
     def environment_variable(self) -> str:
         return "OFFLOAD_" + self.flag.removeprefix("--").upper().replace("-", "_")
 
+    def from_text(self, text: str) -> object:
+        """The field's value from a variable's text (a flag's, for non-switches)."""
+        if self.switch:
+            if text.strip().lower() not in _TRUE | _FALSE:
+                raise ValueError("is not one of 1, 0, true, false, yes, no, on, off")
+            return self.switch_value if text.strip().lower() in _TRUE else not self.switch_value
+        if self.repeatable:
+            return tuple(self.parse(part) for part in text.split(";") if part.strip())
+        return self.parse(text)
 
-def _parse_port(text: str) -> int:
-    if not text.strip().isdigit():
-        raise ValueError("is not a port number")
-    return int(text)
+
+def _parse_integer(what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        digits = text.strip().removeprefix("-")
+        if not (digits.isascii() and digits.isdigit()):
+            raise ValueError(f"is not {what}")
+        return int(text)
+
+    return parse
 
 
 def _parse_seconds(text: str) -> float:
@@ -48,31 +73,74 @@ def _parse_seconds(text: str) -> float:
         raise ValueError("is not a number of seconds") from None
 
 
+def _parse_cache_rule(text: str) -> tuple[str, str]:
+    glob, equals, value = text.partition("=")
+    if not equals or not glob.strip() or not value.strip():
+        raise ValueError("is not GLOB=VALUE, e.g. '/downloads/*=no-store'")
+    return glob.strip(), value.strip()
+
+
 OPTIONS = (
     Option(
         "--upstream",
         "upstream",
-        str,
         "the app: HOST:PORT or http://HOST:PORT; without it, misses are 404",
         "ADDRESS",
     ),
-    Option("--static", "static", Path, "directory of static assets served directly", "DIR"),
-    Option("--host", "host", str, "address of the public and admin listeners", "HOST"),
-    Option("--port", "port", _parse_port, "port of the public listener", "PORT"),
-    Option("--admin-port", "admin_port", _parse_port, "port of /livez and the admin API", "PORT"),
+    Option("--static", "static", "directory of static assets served directly", "DIR", Path),
+    Option("--host", "host", "address of the public and admin listeners", "HOST"),
+    Option(
+        "--port", "port", "port of the public listener", "PORT", _parse_integer("a port number")
+    ),
+    Option("--admin-port", "admin_port", "port of /livez", "PORT", _parse_integer("a port number")),
     Option(
         "--read-timeout",
         "read_timeout_seconds",
-        _parse_seconds,
         "seconds the app may take to start its response before offload answers 504",
         "SECONDS",
+        _parse_seconds,
     ),
     Option(
         "--connect-timeout",
         "connect_timeout_seconds",
-        _parse_seconds,
-        "seconds to wait for a connection to the app before offload answers 502",
+        "seconds to wait for a connection to the app before offload answers 504",
         "SECONDS",
+        _parse_seconds,
+    ),
+    Option(
+        "--cache-max-age",
+        "cache_max_age_seconds",
+        "Cache-Control max-age for unfingerprinted files other than HTML (default: no-cache)",
+        "SECONDS",
+        _parse_integer("a whole number of seconds"),
+    ),
+    Option(
+        "--cache-control",
+        "cache_control_rules",
+        "Cache-Control for paths matching GLOB, first match wins (repeatable)",
+        "GLOB=VALUE",
+        _parse_cache_rule,
+        repeatable=True,
+    ),
+    Option(
+        "--no-compress-static",
+        "compress_static",
+        "do not build br/gzip variants at run time (.br/.gz files are still used)",
+        switch=True,
+        switch_value=False,
+    ),
+    Option(
+        "--in-memory-max-bytes",
+        "in_memory_max_bytes",
+        "files up to this size are held in memory",
+        "BYTES",
+        _parse_integer("a number of bytes"),
+    ),
+    Option(
+        "--spa",
+        "spa",
+        "static-only single-page app: paths without a file extension get /index.html",
+        switch=True,
     ),
 )
 OPTION_BY_FIELD = {option.field: option for option in OPTIONS}
@@ -94,17 +162,24 @@ def create_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="offload",
         description="Serve files from --static and stream every other request to --upstream.",
-        epilog="Every flag can also be set as OFFLOAD_<FLAG>, e.g. OFFLOAD_UPSTREAM; flags win.",
+        epilog="Every flag can also be set as OFFLOAD_<FLAG>, e.g. OFFLOAD_UPSTREAM; flags win. "
+        "'offload compress DIR' writes .br/.gz files next to compressible files.",
     )
     for option in OPTIONS:
         default = defaults[option.field].default
-        shown = "" if default is None else f" (default: {default})"
-        parser.add_argument(
-            option.flag,
-            dest=option.field,
-            metavar=option.metavar,
-            help=f"{option.help}{shown}; env {option.environment_variable}",
-        )
+        shown = "" if option.switch or default in (None, ()) else f" (default: {default})"
+        help_text = f"{option.help}{shown}; env {option.environment_variable}"
+        if option.switch:
+            parser.add_argument(option.flag, dest=option.field, action="store_true", help=help_text)
+        else:
+            action = "append" if option.repeatable else "store"
+            parser.add_argument(
+                option.flag,
+                dest=option.field,
+                metavar=option.metavar,
+                action=action,
+                help=help_text,
+            )
     parser.add_argument("--version", action="version", version=f"offload {__version__}")
     return parser
 
@@ -114,15 +189,23 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     arguments = vars(create_parser().parse_args(argv))
     values: dict[str, object] = {}
     for option in OPTIONS:
-        text = arguments[option.field]
-        if text is None:
-            text = environ.get(option.environment_variable) or None  # empty means unset
-        if text is None:
-            continue
+        given = arguments[option.field]
+        text = environ.get(option.environment_variable) or None  # empty means unset
+        value: object = None
         try:
-            values[option.field] = option.parse(text)
+            if option.switch and given:
+                value = option.switch_value
+            elif given not in (None, False):
+                value = (
+                    tuple(map(option.parse, given)) if option.repeatable else option.parse(given)
+                )
+            elif text is not None:
+                value = option.from_text(text)
         except ValueError as error:
-            fail(f"{_source(option, arguments, environ)} {text!r} {error}")
+            shown = given if given not in (None, False) else text
+            fail(f"{_source(option, arguments, environ)} {shown!r} {error}")
+        if value is not None:
+            values[option.field] = value
     try:
         return Config(**values)  # type: ignore[arg-type]  # each parser returns its field's type
     except ConfigError as error:
@@ -133,13 +216,35 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
 
 def _source(option: Option, arguments: Mapping[str, object], environ: Mapping[str, str]) -> str:
     """Name the place a value came from, so the error points where the user must look."""
-    if arguments[option.field] is None and option.environment_variable in environ:
+    if arguments[option.field] in (None, False) and environ.get(option.environment_variable):
         return option.environment_variable
     return option.flag
 
 
+def compress_main(argv: Sequence[str]) -> int:
+    """``offload compress DIR``: precompress a build output at maximum quality."""
+    parser = _Parser(
+        prog="offload compress",
+        description="Write .br and .gz next to every compressible file under DIR, at maximum "
+        "quality; skips files that would not shrink and sidecars that are up to date.",
+    )
+    parser.add_argument("directory", metavar="DIR", type=Path)
+    parser.add_argument("--quiet", action="store_true", help="print only the summary")
+    arguments = parser.parse_args(argv)
+    if not arguments.directory.is_dir():
+        fail(f"compress: {str(arguments.directory)!r} is not a directory")
+    report = compress_directory(arguments.directory)
+    if not arguments.quiet:
+        for line in report.written:
+            print(f"wrote {line}")
+    print(f"offload compress: {report.summary()}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``offload`` command and ``python -m offload``."""
-    config = parse_config(sys.argv[1:] if argv is None else argv, os.environ)
-    serve(config)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compress"]:
+        return compress_main(argv[1:])
+    serve(parse_config(argv, os.environ))
     return 0

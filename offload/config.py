@@ -88,6 +88,11 @@ class Config:
     admin_port: int = 9901
     read_timeout_seconds: float = 60.0
     connect_timeout_seconds: float = 5.0
+    cache_max_age_seconds: int | None = None
+    cache_control_rules: tuple[tuple[str, str], ...] = ()
+    compress_static: bool = True
+    in_memory_max_bytes: int = 64 * 1024
+    spa: bool = False
 
     def __post_init__(self) -> None:
         if self.upstream is None and self.static is None:
@@ -112,6 +117,24 @@ class Config:
             seconds = getattr(self, name)
             if not (seconds > 0 and math.isfinite(seconds)):
                 raise ConfigError(name, seconds, "must be a positive number of seconds")
+        self._check_static_options()
+
+    def _check_static_options(self) -> None:
+        if self.cache_max_age_seconds is not None and self.cache_max_age_seconds < 0:
+            raise ConfigError("cache_max_age_seconds", self.cache_max_age_seconds, "must be >= 0")
+        if self.in_memory_max_bytes < 0:
+            raise ConfigError("in_memory_max_bytes", self.in_memory_max_bytes, "must be >= 0")
+        for glob, value in self.cache_control_rules:
+            if not glob or not value or "\n" in value or "\r" in value:
+                rule = f"{glob}={value}"
+                raise ConfigError("cache_control_rules", rule, "expected GLOB=VALUE")
+        if self.spa and self.static is None:
+            raise ConfigError("spa", True, "needs a static root")
+        if self.spa and self.upstream is not None:
+            # a miss cannot both fall back to index.html and reach the app
+            raise ConfigError(
+                "spa", True, "serves index.html for misses: use it without an upstream"
+            )
 
     @property
     def upstream_address(self) -> Upstream | None:

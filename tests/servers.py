@@ -80,7 +80,8 @@ def _wait_until_serving(offload: Offload) -> None:
     while time.monotonic() < deadline:
         if offload.process.poll() is not None:
             raise RuntimeError(f"offload exited during start-up:\n{offload.output()}")
-        with contextlib.suppress(httpx.TransportError):
+        # the public port opens after the lifespan (the catalog scan); the admin port may be first
+        with contextlib.suppress(httpx.TransportError, OSError):
             if httpx.get(offload.admin_url + "/livez").status_code == 200:
                 with socket.create_connection(("127.0.0.1", offload.port), timeout=1):
                     return

@@ -1,13 +1,15 @@
-"""Finds the file a request names under the static root, opens it safely, and describes it as an
-`Asset`: size, validators, media type, cache policy and precomputed response headers.
+"""The static root held in memory: a scan maps every servable URL path to its `Asset`, a watcher
+rescans when the volume changes, and a background task builds compressed variants.
 
-Descriptions are cached by file identity (device, inode, size, mtime), so a file's content is
-hashed once per version, and a file replaced on the volume is seen on the next request.
+A request costs a dictionary lookup. Every rule about what may be served (inside the root, no
+dot-files, regular files only) is applied here, once per scan, and again when a file that is
+not held in memory is opened (`open_representation`), so a race cannot widen it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import logging
 import os
 import stat
 import time
@@ -15,173 +17,301 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from offload.static import media
-from offload.static.http import format_http_date
-from offload.static.paths import is_hidden, is_within
+import watchfiles
+
+from offload.static import compress, media
+from offload.static.assets import (
+    Asset,
+    AssetFacts,
+    Redirect,
+    Representation,
+    Source,
+    create_asset,
+)
+from offload.static.files import open_inside, read_exactly, read_source, resolve_inside
+from offload.static.paths import is_hidden
+
+logger = logging.getLogger("offload.static")
 
 INDEX_FILE = "index.html"
-HASH_CHUNK_BYTES = 1024 * 1024
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
-_PROC_FD = Path("/proc/self/fd")
+IN_MEMORY_BUDGET_BYTES = 128 * 1024 * 1024
+VARIANT_BUDGET_BYTES = 64 * 1024 * 1024
+WATCH_DEBOUNCE_MS = 200
+POLL_SECONDS = 2.0
+ATTACH_EVERY_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
-class Asset:
-    """One version of one file, with the headers every response for it carries."""
+class CatalogSettings:
+    """How assets are described: see `offload.Config` for each setting's meaning."""
 
-    relative_path: str
-    size: int
-    etag: str
-    last_modified: int
-    headers: tuple[tuple[bytes, bytes], ...]
-    not_modified_headers: tuple[tuple[bytes, bytes], ...]
-
-
-@dataclass(frozen=True)
-class OpenAsset:
-    """An asset and the descriptor it will be read from: bytes sent come from this open file,
-    whatever happens to the path meanwhile. The responder closes ``fd``."""
-
-    asset: Asset
-    fd: int
-
-
-@dataclass(frozen=True)
-class Redirect:
-    """A directory named without its trailing slash: ``location`` is relative, query excluded."""
-
-    location: str
+    in_memory_max_bytes: int = 64 * 1024
+    cache_max_age_seconds: int | None = None
+    cache_control_rules: tuple[tuple[str, str], ...] = ()
+    compress: bool = True
 
 
 class Catalog:
-    """The static root as offload sees it.
+    """URL path → `Asset` or `Redirect`, for every file offload may serve under ``root``.
 
-    >>> catalog = Catalog(Path("static_fixtures"), default_max_age_seconds=60)  # doctest: +SKIP
-    >>> catalog.find(("index.html",), trailing_slash=False)  # doctest: +SKIP
-    OpenAsset(asset=Asset(relative_path='index.html', ...), fd=7)
-
-    `find` does blocking file-system work: call it from a worker thread.
+    >>> catalog = Catalog(Path("public"), CatalogSettings())  # doctest: +SKIP
+    >>> await catalog.start()  # doctest: +SKIP
+    >>> catalog.entries["/style.css"].identity.etag  # doctest: +SKIP
+    '"9f86d081884c7d659a2feaa0c55ad015"'
     """
 
-    def __init__(
-        self, root: Path, *, default_max_age_seconds: int, max_cached_assets: int = 10_000
-    ):
+    def __init__(self, root: Path, settings: CatalogSettings) -> None:
         self.root = os.path.realpath(root)
-        self.default_max_age_seconds = default_max_age_seconds
-        self.max_cached_assets = max_cached_assets
-        self._assets: dict[tuple[int, int, int, int, str], Asset] = {}
+        self.settings = settings
+        self.entries: dict[str, Asset | Redirect] = {}
+        self.variants = compress.VariantCache(VARIANT_BUDGET_BYTES)
+        self._sources: dict[str, Source] = {}  # real path -> what the last scan read
+        self._scan_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._variants_wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def find(
-        self, segments: tuple[str, ...], *, trailing_slash: bool
-    ) -> OpenAsset | Redirect | None:
-        """The open asset a canonical path names, a redirect to its directory form, or ``None``."""
-        if is_hidden(segments):
-            return None
-        real_path = self._resolve(os.path.join(self.root, *segments))
-        if real_path is None:
-            return None
-        try:
-            status = os.stat(real_path)
-        except OSError:
-            return None
-        if stat.S_ISDIR(status.st_mode):
-            return self._find_index(real_path, segments, trailing_slash=trailing_slash)
-        if trailing_slash or not stat.S_ISREG(status.st_mode):
-            return None  # "/style.css/" names no file, as in nginx
-        return self._open(real_path)
+    async def start(self) -> None:
+        """Scan the root, then keep watching it and building variants until `close`."""
+        await self.rescan()
+        self._tasks = [asyncio.create_task(self._watch())]
+        if self.settings.compress:
+            self._tasks.append(asyncio.create_task(self._build_variants()))
 
-    def _find_index(
-        self, directory: str, segments: tuple[str, ...], *, trailing_slash: bool
-    ) -> OpenAsset | Redirect | None:
-        index_path = self._resolve(os.path.join(directory, INDEX_FILE))
-        if index_path is None or not os.path.isfile(index_path):
-            return None
-        if segments and not trailing_slash:
-            # RFC 9110 §15.4.9: 308 keeps the method. The relative reference keeps working
-            # behind a path-rewriting proxy; "./" stops a name with ":" reading as a scheme.
-            return Redirect(location="./" + quote(segments[-1], safe="!$&'()*+,;=@") + "/")
-        return self._open(index_path)
+    async def close(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _resolve(self, path: str) -> str | None:
-        """The symlink-free path, if it stays inside the root and hides in no dot-directory."""
-        real_path = os.path.realpath(path)
-        if not is_within(self.root, real_path):
-            return None
-        relative = real_path[len(self.root) :].strip("/")
-        if relative and is_hidden(tuple(relative.split("/"))):
-            return None
-        return real_path
+    async def rescan(self) -> None:
+        """Describe the root anew, reusing what is unchanged; swap the result in at once."""
+        async with self._scan_lock:
+            scan = _Scan(self, previous=self._sources)
+            await asyncio.to_thread(scan.run)
+            self.entries, self._sources = scan.entries, scan.sources
+        self._variants_wanted.set()
 
-    def _open(self, real_path: str) -> OpenAsset | None:
-        try:
-            fd = os.open(real_path, _OPEN_FLAGS)
-        except OSError:
-            return None  # gone, unreadable, or swapped for a symlink since it was resolved
-        try:
-            status = os.fstat(fd)
-            if not stat.S_ISREG(status.st_mode) or not self._is_open_inside_root(fd):
-                os.close(fd)
-                return None
-            return OpenAsset(asset=self._describe(real_path, fd, status), fd=fd)
-        except BaseException:
+    def open_representation(self, representation: Representation) -> int | None:
+        """A descriptor for a representation not held in memory, if the file is still the one
+        described (same inode, size and mtime) and still inside the root; else ``None``.
+        Blocking: call it from a worker thread."""
+        assert representation.path is not None
+        opened = open_inside(self.root, representation.path)
+        if opened is None:
+            return None
+        fd, identity = opened
+        if identity != representation.file_identity:
             os.close(fd)
-            raise
+            return None
+        return fd
 
-    def _is_open_inside_root(self, fd: int) -> bool:
-        """Check the file actually opened: a directory swapped for a symlink between resolving
-        and opening must not lead outside the root."""
+    async def _watch(self) -> None:
+        """Rescan on every batch of changes; inotify costs nothing while nothing changes."""
         try:
-            return is_within(self.root, os.readlink(_PROC_FD / str(fd)))
-        except FileNotFoundError:
-            return not _PROC_FD.is_dir()  # no /proc here: the resolve checks stand alone
+            async for _ in watchfiles.awatch(
+                self.root,
+                watch_filter=None,
+                debounce=WATCH_DEBOUNCE_MS,
+                step=50,
+                stop_event=self._stop,
+                ignore_permission_denied=True,
+            ):
+                await self.rescan()
+        except (OSError, RuntimeError) as error:  # inotify limits, a vanished root
+            logger.warning(
+                "watching %s failed (%s): rescanning every %s s", self.root, error, POLL_SECONDS
+            )
+            while not self._stop.is_set():
+                await asyncio.sleep(POLL_SECONDS)
+                await self.rescan()
 
-    def _describe(self, real_path: str, fd: int, status: os.stat_result) -> Asset:
-        relative = real_path[len(self.root) :].lstrip("/")
-        key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, relative)
-        asset = self._assets.get(key)
-        if asset is None:
-            if len(self._assets) >= self.max_cached_assets:
-                self._assets.pop(next(iter(self._assets)))
-            asset = self._assets[key] = self._create_asset(relative, fd, status)
-        return asset
+    async def _build_variants(self) -> None:
+        """Compress what is worth it, one file at a time on a worker thread, and attach the
+        results every half second, so the first requests go out identity and later ones
+        compressed."""
+        while True:
+            await self._variants_wanted.wait()
+            self._variants_wanted.clear()
+            last_attach = time.monotonic()
+            for asset in {id(a): a for a in self.entries.values() if isinstance(a, Asset)}.values():
+                await self._build_missing(asset)
+                if time.monotonic() - last_attach > ATTACH_EVERY_SECONDS:
+                    self._attach_variants()
+                    last_attach = time.monotonic()
+            self._attach_variants()
 
-    def _create_asset(self, relative: str, fd: int, status: os.stat_result) -> Asset:
-        etag = f'"{_content_digest(fd, status.st_size)}"'
-        # RFC 9110 §8.8.2.1: never a Last-Modified later than the Date sent with it, which
-        # comes from the same clock, read later
-        last_modified = min(int(status.st_mtime), int(time.time()))
-        cache_control = media.cache_control_for(
-            "/" + relative, default_max_age_seconds=self.default_max_age_seconds
-        )
-        validators = (
-            (b"etag", etag.encode()),
-            (b"cache-control", cache_control.encode()),
-        )
-        headers = (
-            (b"content-type", media.media_type_for(relative).encode()),
-            (b"content-length", str(status.st_size).encode()),
-            (b"last-modified", format_http_date(last_modified).encode()),
-            (b"x-content-type-options", b"nosniff"),
-            *validators,
-        )
-        return Asset(
-            relative_path=relative,
-            size=status.st_size,
-            etag=etag,
-            last_modified=last_modified,
-            headers=headers,
-            not_modified_headers=validators,
-        )
+    async def _build_missing(self, asset: Asset) -> None:
+        missing = [
+            coding
+            for coding in compress.BUILT_CODINGS
+            if coding not in asset.encoded and not self.variants.has_tried(asset.digest, coding)
+        ]
+        identity = asset.identity
+        if (
+            not missing
+            or self.variants.is_full()
+            or identity.size > compress.RUNTIME_MAX_SOURCE_BYTES
+            or not compress.should_compress(asset.media_type, identity.size)
+        ):
+            return
+        data = identity.body
+        if data is None:
+            data = await asyncio.to_thread(self._read_whole, identity)
+            if data is None:
+                return  # changed since the scan: the next scan brings it back
+        for coding in missing:
+            encoded = await asyncio.to_thread(compress.encode, data, coding, best=False)
+            keep = compress.is_worth_keeping(len(data), len(encoded))
+            self.variants.put(asset.digest, coding, encoded if keep else None)
+
+    def _read_whole(self, representation: Representation) -> bytes | None:
+        fd = self.open_representation(representation)
+        if fd is None:
+            return None
+        try:
+            return read_exactly(fd, 0, representation.size)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _attach_variants(self) -> None:
+        attached: dict[int, Asset] = {}
+        entries = dict(self.entries)
+        for path, entry in entries.items():
+            if isinstance(entry, Asset):
+                if id(entry) not in attached:
+                    attached[id(entry)] = self._with_built_variants(entry)
+                entries[path] = attached[id(entry)]
+        self.entries = entries
+
+    def _with_built_variants(self, asset: Asset) -> Asset:
+        built = {
+            coding: Source(asset.digest, len(body), body, None, None)
+            for coding in compress.BUILT_CODINGS
+            if coding not in asset.encoded
+            and (body := self.variants.get(asset.digest, coding)) is not None
+        }
+        return asset.with_encoded(built, order=compress.CODINGS_BY_PREFERENCE) if built else asset
 
 
-def _content_digest(fd: int, size: int) -> str:
-    """A digest of the bytes themselves, so every replica and rebuild of the same file agrees."""
-    digest = hashlib.blake2b(digest_size=16)
-    offset = 0
-    while offset < size:
-        chunk = os.pread(fd, min(HASH_CHUNK_BYTES, size - offset), offset)
-        if not chunk:
-            break
-        digest.update(chunk)
-        offset += len(chunk)
-    return digest.hexdigest()
+class _Scan:
+    """One pass over the root. Runs on a worker thread; touches no shared state until done."""
+
+    def __init__(self, catalog: Catalog, *, previous: dict[str, Source]) -> None:
+        self.catalog = catalog
+        self.previous = previous
+        self.entries: dict[str, Asset | Redirect] = {}
+        self.sources: dict[str, Source] = {}
+        self.memory_bytes = 0
+        self.visited: set[str] = set()
+        self.now = int(time.time())
+
+    def run(self) -> None:
+        self._walk(self.catalog.root, ())
+
+    def _walk(self, directory: str, segments: tuple[str, ...]) -> None:
+        if directory in self.visited:
+            return  # a symlink loop, or a second link to the same directory
+        self.visited.add(directory)
+        try:
+            with os.scandir(directory) as listing:
+                names = sorted(entry.name for entry in listing)
+        except OSError:
+            return
+        for name in names:
+            child = (*segments, name)
+            if is_hidden(child):
+                continue
+            real_path = resolve_inside(self.catalog.root, os.path.join(directory, name))
+            if real_path is None:
+                continue
+            try:
+                status = os.stat(real_path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(status.st_mode):
+                self._walk(real_path, child)
+            elif stat.S_ISREG(status.st_mode):
+                self._add_file(real_path, os.path.join(directory, name), child)
+        self._add_index(segments)
+
+    def _add_file(self, real_path: str, listed_path: str, segments: tuple[str, ...]) -> None:
+        identity = self._read(real_path)
+        if identity is None:
+            return
+        url_path = "/" + "/".join(segments)
+        settings = self.catalog.settings
+        media_type = media.media_type_for(segments[-1])
+        sidecars = self._sidecars(listed_path, identity)
+        facts = AssetFacts(
+            media_type=media_type,
+            cache_control=media.cache_control_for(
+                url_path,
+                max_age_seconds=settings.cache_max_age_seconds,
+                rules=settings.cache_control_rules,
+            ),
+            # RFC 9110 §8.8.2.1: never later than the Date sent with it (same clock, read later)
+            last_modified=min(identity.file_identity[3] // 1_000_000_000, self.now)
+            if identity.file_identity
+            else self.now,
+            negotiable=bool(sidecars) or compress.should_compress(media_type, identity.size),
+        )
+        asset = create_asset(facts, identity, sidecars, order=compress.CODINGS_BY_PREFERENCE)
+        self.entries[url_path] = self.catalog._with_built_variants(asset)
+
+    def _sidecars(self, listed_path: str, identity: Source) -> dict[str, Source]:
+        """``app.js.br`` and friends, when they are at least as new as ``app.js``."""
+        found: dict[str, Source] = {}
+        assert identity.file_identity is not None
+        for coding, suffix in compress.SIDECAR_SUFFIXES.items():
+            real_path = resolve_inside(self.catalog.root, listed_path + suffix)
+            if real_path is None or not os.path.isfile(real_path):
+                continue
+            source = self._read(real_path)
+            if (
+                source is not None
+                and source.file_identity is not None
+                and source.file_identity[3] >= identity.file_identity[3]
+            ):
+                found[coding] = source
+        return found
+
+    def _read(self, real_path: str) -> Source | None:
+        """The file's digest, and its bytes if small enough to hold; reused when unchanged."""
+        opened = open_inside(self.catalog.root, real_path)
+        if opened is None:
+            return None
+        fd, file_identity = opened
+        try:
+            previous = self.previous.get(real_path)
+            if previous is None or previous.file_identity != file_identity:
+                previous = None
+            hold = file_identity[2] <= self.catalog.settings.in_memory_max_bytes and (
+                self.memory_bytes + file_identity[2] <= IN_MEMORY_BUDGET_BYTES
+            )
+            reusable = previous is not None and (previous.body is not None) == hold
+            source = previous if reusable else read_source(fd, real_path, file_identity, hold=hold)
+        finally:
+            os.close(fd)
+        if source is None:
+            return None
+        self.memory_bytes += source.size if source.body is not None else 0
+        self.sources[real_path] = source
+        return source
+
+    def _add_index(self, segments: tuple[str, ...]) -> None:
+        prefix = "/" + "/".join(segments) if segments else ""
+        index = self.entries.get(f"{prefix}/{INDEX_FILE}")
+        if index is None:
+            return
+        self.entries[f"{prefix}/"] = index
+        if segments:
+            self.entries[prefix] = directory_redirect(segments[-1])
+
+
+def directory_redirect(name: str) -> Redirect:
+    """RFC 9110 §15.4.9: 308 keeps the method. The relative reference keeps working behind a
+    path-rewriting proxy; "./" stops a name with ":" reading as a scheme."""
+    return Redirect(location="./" + quote(name, safe="!$&'()*+,;=@") + "/")

@@ -3,6 +3,7 @@ follows from a file's name (pure: the host's ``mimetypes`` database differs betw
 
 from __future__ import annotations
 
+import fnmatch
 import re
 
 TEXT_TYPES = {
@@ -58,6 +59,22 @@ _DOTTED_HASH = re.compile(r"\.[0-9a-f]{8,}\.[^./]+$", re.IGNORECASE)
 # name-<8+ url-safe chars, at least one digit>.ext (Vite, Rollup); "jquery-carousel.js" is not one
 _DASHED_HASH = re.compile(r"-(?=[A-Za-z0-9_]*\d)[A-Za-z0-9_]{8,}\.[^./]+$")
 
+COMPRESSIBLE_TYPES = frozenset(
+    {
+        "application/json",
+        "application/manifest+json",
+        "application/xml",
+        "application/rss+xml",
+        "application/atom+xml",
+        "application/wasm",
+        "image/svg+xml",
+        "image/vnd.microsoft.icon",
+        "image/bmp",
+        "font/ttf",
+        "font/otf",
+    }
+)
+
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 
@@ -76,20 +93,31 @@ def is_fingerprinted(path: str) -> bool:
     return "/_next/static/" in path or bool(_DOTTED_HASH.search(name) or _DASHED_HASH.search(name))
 
 
-def cache_control_for(path: str, *, default_max_age_seconds: int) -> str:
-    """``Cache-Control`` decided from the file actually served.
+def cache_control_for(
+    path: str, *, max_age_seconds: int | None, rules: tuple[tuple[str, str], ...] = ()
+) -> str:
+    """``Cache-Control`` decided from the path of the file actually served.
 
-    Fingerprinted names are immutable; HTML, web manifests and service workers must be
-    revalidated every time so a deploy is seen at once; everything else gets a short lifetime
-    and keeps its validators.
+    The first ``(glob, value)`` rule whose glob matches wins. Otherwise fingerprinted names are
+    immutable; HTML, web manifests and service workers are revalidated every time so a deploy is
+    seen at once; everything else is revalidated too (``no-cache``) unless a max-age is given.
     """
+    for glob, value in rules:
+        if fnmatch.fnmatchcase(path, glob):
+            return value
     name = path.rsplit("/", 1)[-1]
     extension = _extension(name)
     if extension in (".html", ".htm", ".webmanifest") or name in ("sw.js", "service-worker.js"):
         return REVALIDATE
     if is_fingerprinted(path):
         return IMMUTABLE
-    return f"public, max-age={default_max_age_seconds}"
+    return REVALIDATE if max_age_seconds is None else f"public, max-age={max_age_seconds}"
+
+
+def is_compressible(media_type: str) -> bool:
+    """Text-like types shrink; images, fonts in woff, archives, audio and video already are."""
+    essence = media_type.split(";", 1)[0]
+    return essence.startswith("text/") or essence in COMPRESSIBLE_TYPES
 
 
 def _extension(name: str) -> str:

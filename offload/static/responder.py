@@ -1,117 +1,256 @@
-"""Turns a request for a static path into ASGI messages: the file, a 304/412, or a redirect."""
+"""Turns a request for a cataloged path into ASGI messages: the negotiated representation, a
+304/412, a 206/416 from the identity bytes, or a directory redirect."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
+from collections.abc import Sequence
 
 from starlette.types import Scope, Send
 
 from offload.responses import http_date, send_plain_text
-from offload.static.catalog import Asset, Catalog, OpenAsset, Redirect
-from offload.static.http import NOT_MODIFIED, evaluate_preconditions
-from offload.static.paths import parse_request_path
+from offload.static.assets import Asset, Header, Redirect, Representation
+from offload.static.catalog import Catalog
+from offload.static.files import read_exactly
+from offload.static.http import (
+    IDENTITY,
+    NOT_MODIFIED,
+    UNSATISFIABLE,
+    ByteRange,
+    evaluate_preconditions,
+    is_range_fresh,
+    parse_range,
+    select_encoding,
+)
 
-IN_MEMORY_MAX_BYTES = 64 * 1024
 STREAM_CHUNK_BYTES = 256 * 1024
-_CONDITIONAL_HEADERS = (b"if-match", b"if-unmodified-since", b"if-none-match", b"if-modified-since")
-
-
-class TruncatedFile(OSError):
-    """The file shrank while it was being sent: the connection must end, never pad or mix."""
+_REQUEST_HEADERS = frozenset(
+    {
+        b"accept-encoding",
+        b"if-match",
+        b"if-unmodified-since",
+        b"if-none-match",
+        b"if-modified-since",
+        b"range",
+        b"if-range",
+    }
+)
+_BOUNDARY = secrets.token_hex(16)
 
 
 class StaticResponder:
-    """Answers GET and HEAD for files under the static root; `respond` says whether it did."""
+    """Answers GET and HEAD from the catalog; `respond` says whether it did."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, *, spa: bool = False) -> None:
         self.catalog = catalog
+        self.spa = spa
 
-    async def respond(self, scope: Scope, send: Send) -> bool:
+    async def respond(self, scope: Scope, send: Send, *, may_rescan: bool = True) -> bool:
         """Send the response for ``scope`` and return ``True``, or return ``False`` on a miss."""
         path: str = scope["path"]
-        segments = parse_request_path(path)
-        found = await asyncio.to_thread(
-            self.catalog.find, segments, trailing_slash=path.endswith("/")
-        )
-        if found is None:
+        entry = self.catalog.entries.get(path) or self._fallback(path)
+        if entry is None:
             return False
-        if isinstance(found, Redirect):
-            await _send_redirect(scope, send, found)
+        if isinstance(entry, Redirect):
+            await _send_redirect(scope, send, entry)
             return True
+        request = _request_headers(scope["headers"])
+        plan = _plan(scope["method"], entry, request)
+        fd: int | None = None
+        if plan.needs_file:
+            fd = await asyncio.to_thread(self.catalog.open_representation, plan.representation)
+            if fd is None:  # changed on disk before the watcher saw it: describe it anew
+                if not may_rescan:
+                    return False
+                await self.catalog.rescan()
+                return await self.respond(scope, send, may_rescan=False)
         try:
-            await _send_asset(scope, send, found)
+            await plan.send(send, fd)
         finally:
-            os.close(found.fd)
+            if fd is not None:
+                os.close(fd)
         return True
 
+    def _fallback(self, path: str) -> Asset | Redirect | None:
+        """``--spa``: a navigation path without a file extension gets the root index.html."""
+        if self.spa and "." not in path.rsplit("/", 1)[-1]:
+            return self.catalog.entries.get("/")
+        return None
 
-async def _send_asset(scope: Scope, send: Send, found: OpenAsset) -> None:
-    asset = found.asset
-    conditionals = _request_headers(scope, _CONDITIONAL_HEADERS)
-    status = evaluate_preconditions(
-        method=scope["method"],
-        etag=asset.etag,
-        last_modified=asset.last_modified,
-        if_match=conditionals.get(b"if-match"),
-        if_unmodified_since=conditionals.get(b"if-unmodified-since"),
-        if_none_match=conditionals.get(b"if-none-match"),
-        if_modified_since=conditionals.get(b"if-modified-since"),
-    )
-    if status == NOT_MODIFIED:
-        # RFC 9110 §15.4.5: a 304 carries the validators and caching headers, no body
-        headers = (*asset.not_modified_headers, (b"date", http_date.now()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
-    elif status is not None:
-        await send_plain_text(send, status)
-    else:
-        headers = (*asset.headers, (b"date", http_date.now()))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        if scope["method"] == "HEAD":
+
+class _Plan:
+    """What one request gets: the representation, the status, and the ranges if any."""
+
+    def __init__(
+        self,
+        asset: Asset,
+        representation: Representation,
+        *,
+        status: int,
+        ranges: Sequence[ByteRange] = (),
+        with_body: bool = True,
+    ) -> None:
+        self.asset = asset
+        self.representation = representation
+        self.status = status
+        self.ranges = ranges
+        self.with_body = with_body
+
+    @property
+    def needs_file(self) -> bool:
+        has_body = self.with_body and self.status in (200, 206)
+        return has_body and self.representation.body is None
+
+    async def send(self, send: Send, fd: int | None) -> None:
+        date = (b"date", http_date.now())
+        representation = self.representation
+        if self.status == NOT_MODIFIED:
+            await _start(send, 304, (*representation.not_modified_headers, date))
             await send({"type": "http.response.body", "body": b""})
+        elif self.status == 412:
+            await send_plain_text(send, 412)
+        elif self.status == 416:
+            size = self.asset.identity.size
+            headers = (*self.asset.range_headers(), (b"content-length", b"0"))
+            await _start(
+                send, 416, (*headers, (b"content-range", f"bytes */{size}".encode()), date)
+            )
+            await send({"type": "http.response.body", "body": b""})
+        elif self.status == 206:
+            await self._send_ranges(send, fd, date)
         else:
-            await _send_file(send, found.fd, asset)
+            await _start(send, 200, (*representation.headers, date))
+            await _send_body(send, representation, fd, [] if not self.with_body else None)
+
+    async def _send_ranges(self, send: Send, fd: int | None, date: Header) -> None:
+        identity = self.asset.identity
+        if len(self.ranges) == 1:
+            part = self.ranges[0]
+            headers = (
+                *self.asset.range_headers(),
+                (b"content-length", str(part.length).encode()),
+                (b"content-range", part.content_range(identity.size).encode()),
+                date,
+            )
+            await _start(send, 206, headers)
+            await _send_body(send, identity, fd, self.ranges)
+            return
+        heads = [_part_head(self.asset, part) for part in self.ranges]
+        closing = f"--{_BOUNDARY}--\r\n".encode()
+        length = sum(
+            len(head) + part.length + 2 for head, part in zip(heads, self.ranges, strict=True)
+        )
+        headers = tuple(
+            header for header in self.asset.range_headers() if header[0] != b"content-type"
+        )
+        content_type = f"multipart/byteranges; boundary={_BOUNDARY}".encode()
+        await _start(
+            send,
+            206,
+            (
+                (b"content-type", content_type),
+                (b"content-length", str(length + len(closing)).encode()),
+                *headers,
+                date,
+            ),
+        )
+        for head, part in zip(heads, self.ranges, strict=True):
+            await send({"type": "http.response.body", "body": head, "more_body": True})
+            await _send_body(send, identity, fd, [part], final=False)
+            await send({"type": "http.response.body", "body": b"\r\n", "more_body": True})
+        await send({"type": "http.response.body", "body": closing})
 
 
-async def _send_file(send: Send, fd: int, asset: Asset) -> None:
-    """Send exactly ``asset.size`` bytes from the open descriptor: small files in one message,
-    larger ones in chunks read off the event loop."""
-    if asset.size <= IN_MEMORY_MAX_BYTES:
-        body = await asyncio.to_thread(_read_exactly, fd, 0, asset.size)
-        await send({"type": "http.response.body", "body": body})
+def _plan(method: str, asset: Asset, request: dict[bytes, str]) -> _Plan:
+    """RFC 9110 §13.2.2 order: choose the representation, evaluate preconditions on it, then
+    ranges (GET only, §14.2), which are always answered from the identity bytes (HTTP.md)."""
+    coding = IDENTITY
+    if asset.negotiable:
+        coding = select_encoding(request.get(b"accept-encoding"), asset.codings)
+    ranges = None
+    if method == "GET" and (header := request.get(b"range")) is not None:
+        identity = asset.identity
+        ranges = parse_range(header, identity.size)
+        if ranges is not None and is_range_fresh(
+            request.get(b"if-range"), etag=identity.etag, last_modified=asset.last_modified
+        ):
+            coding = IDENTITY
+        else:
+            ranges = None
+    representation = asset.representation(coding)
+    precondition = evaluate_preconditions(
+        method=method,
+        etag=representation.etag,
+        last_modified=asset.last_modified,
+        if_match=request.get(b"if-match"),
+        if_unmodified_since=request.get(b"if-unmodified-since"),
+        if_none_match=request.get(b"if-none-match"),
+        if_modified_since=request.get(b"if-modified-since"),
+    )
+    if precondition is not None:
+        return _Plan(asset, representation, status=precondition)
+    if ranges is UNSATISFIABLE:
+        return _Plan(asset, representation, status=416)
+    if isinstance(ranges, list):
+        return _Plan(asset, representation, status=206, ranges=ranges)
+    return _Plan(asset, representation, status=200, with_body=method != "HEAD")
+
+
+async def _send_body(
+    send: Send,
+    representation: Representation,
+    fd: int | None,
+    ranges: Sequence[ByteRange] | None,
+    *,
+    final: bool = True,
+) -> None:
+    """The bytes of ``ranges`` (``None``: all of it; empty: none), from memory or the open
+    descriptor. Exactly the announced length goes out, or the read raises and the connection
+    ends (`TruncatedFile`)."""
+    if ranges is None:
+        ranges = [ByteRange(0, representation.size - 1)] if representation.size else []
+    if representation.body is not None:
+        body = b"".join(representation.body[part.start : part.end + 1] for part in ranges)
+        await send({"type": "http.response.body", "body": body, "more_body": not final})
         return
-    offset = 0
-    while offset < asset.size:
-        length = min(STREAM_CHUNK_BYTES, asset.size - offset)
-        chunk = await asyncio.to_thread(_read_exactly, fd, offset, length)
-        offset += length
-        await send({"type": "http.response.body", "body": chunk, "more_body": offset < asset.size})
+    assert fd is not None
+    for part in ranges:
+        offset, end = part.start, part.end + 1
+        while offset < end:
+            length = min(STREAM_CHUNK_BYTES, end - offset)
+            chunk = await asyncio.to_thread(read_exactly, fd, offset, length)
+            offset += length
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    if final:
+        await send({"type": "http.response.body", "body": b""})
 
 
-def _read_exactly(fd: int, offset: int, length: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    while len(data) < length:
-        more = os.pread(fd, length - len(data), offset + len(data))
-        if not more:
-            raise TruncatedFile(f"file ended at byte {offset + len(data)} of {offset + length}")
-        data += more
-    return data
+def _part_head(asset: Asset, part: ByteRange) -> bytes:
+    return (
+        f"--{_BOUNDARY}\r\nContent-Type: {asset.media_type}\r\n"
+        f"Content-Range: {part.content_range(asset.identity.size)}\r\n\r\n"
+    ).encode()
+
+
+async def _start(send: Send, status: int, headers: Sequence[Header]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
 
 
 async def _send_redirect(scope: Scope, send: Send, redirect: Redirect) -> None:
     query: bytes = scope.get("query_string", b"")
     location = redirect.location.encode() + (b"?" + query if query else b"")
     headers = [(b"location", location), (b"content-length", b"0"), (b"date", http_date.now())]
-    await send({"type": "http.response.start", "status": 308, "headers": headers})
+    await _start(send, 308, headers)
     await send({"type": "http.response.body", "body": b""})
 
 
-def _request_headers(scope: Scope, names: tuple[bytes, ...]) -> dict[bytes, str]:
-    """The named request headers, repeated ones joined with ", " (RFC 9110 §5.3)."""
+def _request_headers(headers: Sequence[Header]) -> dict[bytes, str]:
+    """The request headers the static engine reads, repeats joined with ", " (RFC 9110 §5.3)."""
     found: dict[bytes, str] = {}
-    for name, value in scope["headers"]:
-        if name in names:
+    for name, value in headers:
+        if name in _REQUEST_HEADERS:
             text = value.decode("latin-1")
             found[name] = f"{found[name]}, {text}" if name in found else text
     return found

@@ -8,6 +8,7 @@ from offload.static.media import (
     IMMUTABLE,
     REVALIDATE,
     cache_control_for,
+    is_compressible,
     is_fingerprinted,
     media_type_for,
 )
@@ -70,9 +71,53 @@ def test_is_fingerprinted(path: str, fingerprinted: bool) -> None:
         ("/sw.js", REVALIDATE),
         ("/service-worker.js", REVALIDATE),
         ("/assets/app-3f2a1b9c.js", IMMUTABLE),
-        ("/style.css", "public, max-age=60"),
-        ("/jquery-carousel.js", "public, max-age=60"),
+        ("/style.css", REVALIDATE),
+        ("/jquery-carousel.js", REVALIDATE),
     ],
 )
 def test_cache_control_follows_the_file_served(path: str, cache_control: str) -> None:
-    assert cache_control_for(path, default_max_age_seconds=60) == cache_control
+    assert cache_control_for(path, max_age_seconds=None) == cache_control
+
+
+def test_max_age_applies_to_unfingerprinted_non_html_only() -> None:
+    assert cache_control_for("/style.css", max_age_seconds=300) == "public, max-age=300"
+    assert cache_control_for("/index.html", max_age_seconds=300) == REVALIDATE
+    assert cache_control_for("/app-3f2a1b9c.js", max_age_seconds=300) == IMMUTABLE
+
+
+@pytest.mark.parametrize(
+    ("path", "cache_control"),
+    [
+        ("/downloads/report.pdf", "no-store"),
+        ("/index.html", "public, max-age=5"),
+        ("/app-3f2a1b9c.js", "private"),
+        ("/style.css", REVALIDATE),
+    ],
+)
+def test_glob_rules_win_in_order(path: str, cache_control: str) -> None:
+    rules = (
+        ("/downloads/*", "no-store"),
+        ("/index.html", "public, max-age=5"),
+        ("*.js", "private"),
+        ("*.js", "never reached"),
+    )
+    assert cache_control_for(path, max_age_seconds=None, rules=rules) == cache_control
+
+
+@pytest.mark.parametrize(
+    ("media_type", "compressible"),
+    [
+        ("text/css; charset=utf-8", True),
+        ("text/javascript; charset=utf-8", True),
+        ("application/json; charset=utf-8", True),
+        ("image/svg+xml; charset=utf-8", True),
+        ("application/wasm", True),
+        ("image/png", False),
+        ("font/woff2", False),
+        ("application/zip", False),
+        ("video/mp4", False),
+        ("application/octet-stream", False),
+    ],
+)
+def test_is_compressible(media_type: str, compressible: bool) -> None:
+    assert is_compressible(media_type) is compressible

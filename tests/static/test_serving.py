@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,16 @@ class Scratch:
     url: str
 
 
+def wait_until_served(url: str, expected: bytes, timeout_seconds: float = 10) -> httpx.Response:
+    """The response once the watcher has caught up with a change (within about a second)."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        response = httpx.get(url)
+        if response.content == expected or time.monotonic() > deadline:
+            return response
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scratch]:
     root = tmp_path_factory.mktemp("scratch")
@@ -35,8 +46,8 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scratch]:
     ("path", "media_type", "cache_control"),
     [
         ("/index.html", "text/html; charset=utf-8", "no-cache"),
-        ("/style.css", "text/css; charset=utf-8", "public, max-age=60"),
-        ("/app.js", "text/javascript; charset=utf-8", "public, max-age=60"),
+        ("/style.css", "text/css; charset=utf-8", "no-cache"),
+        ("/app.js", "text/javascript; charset=utf-8", "no-cache"),
         (
             "/assets/app-3f2a1b9c.js",
             "text/javascript; charset=utf-8",
@@ -47,11 +58,11 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scratch]:
             "text/javascript; charset=utf-8",
             "public, max-age=31536000, immutable",
         ),
-        ("/data.json", "application/json; charset=utf-8", "public, max-age=60"),
-        ("/logo.svg", "image/svg+xml; charset=utf-8", "public, max-age=60"),
+        ("/data.json", "application/json; charset=utf-8", "no-cache"),
+        ("/logo.svg", "image/svg+xml; charset=utf-8", "no-cache"),
         ("/manifest.webmanifest", "application/manifest+json; charset=utf-8", "no-cache"),
-        ("/pixel.png", "image/png", "public, max-age=60"),
-        ("/with%20space.txt", "text/plain; charset=utf-8", "public, max-age=60"),
+        ("/pixel.png", "image/png", "no-cache"),
+        ("/with%20space.txt", "text/plain; charset=utf-8", "no-cache"),
     ],
 )
 def test_file_is_served_with_its_metadata(
@@ -79,8 +90,8 @@ def test_etag_is_strong_and_derived_from_content(client: httpx.Client) -> None:
 def test_etag_is_the_same_for_the_same_bytes_anywhere(
     scratch: Scratch, client: httpx.Client
 ) -> None:
-    (scratch.root / "copy.css").write_bytes((FIXTURES / "style.css").read_bytes())
-    copied = httpx.get(scratch.url + "/copy.css").headers["etag"]
+    (scratch.root / "copy.css").write_bytes(data := (FIXTURES / "style.css").read_bytes())
+    copied = wait_until_served(scratch.url + "/copy.css", data).headers["etag"]
     assert copied == client.get("/style.css").headers["etag"]
 
 
@@ -89,8 +100,8 @@ def test_last_modified_is_the_file_mtime_and_never_in_the_future(scratch: Scratc
     (scratch.root / "future.txt").write_text("future")
     os.utime(scratch.root / "past.txt", (1_000_000_000, 1_000_000_000))
     os.utime(scratch.root / "future.txt", (4_000_000_000, 4_000_000_000))
-    past = httpx.get(scratch.url + "/past.txt")
-    future = httpx.get(scratch.url + "/future.txt")
+    past = wait_until_served(scratch.url + "/past.txt", b"past")
+    future = wait_until_served(scratch.url + "/future.txt", b"future")
     assert parse_http_date(past.headers["last-modified"]) == 1_000_000_000
     assert parse_http_date(future.headers["last-modified"]) <= parse_http_date(
         future.headers["date"]
@@ -118,18 +129,18 @@ def test_empty_file_is_200_with_zero_length(client: httpx.Client) -> None:
 def test_large_file_streams_exactly(scratch: Scratch) -> None:
     data = os.urandom(3 * 1024 * 1024 + 17)
     (scratch.root / "big.bin").write_bytes(data)
-    response = httpx.get(scratch.url + "/big.bin")
+    response = wait_until_served(scratch.url + "/big.bin", data)
     assert response.headers["content-length"] == str(len(data))
     assert hashlib.sha256(response.content).digest() == hashlib.sha256(data).digest()
 
 
 def test_replaced_file_is_seen_with_a_new_etag(scratch: Scratch) -> None:
     (scratch.root / "app.css").write_text("a { color: red }")
-    before = httpx.get(scratch.url + "/app.css")
+    before = wait_until_served(scratch.url + "/app.css", b"a { color: red }")
     replacement = scratch.root / "app.css.new"
     replacement.write_text("a { color: blue }")
     replacement.replace(scratch.root / "app.css")
-    after = httpx.get(scratch.url + "/app.css")
+    after = wait_until_served(scratch.url + "/app.css", b"a { color: blue }")
     assert after.text == "a { color: blue }"
     assert after.headers["etag"] != before.headers["etag"]
 
