@@ -55,6 +55,33 @@ def test_environment_sets_values_and_flags_win() -> None:
     assert config.read_timeout_seconds == 2.5
 
 
+def test_switches_and_repeatable_flags() -> None:
+    argv = ["--static", str(FIXTURES), "--spa", "--no-compress-static"]
+    argv += ["--cache-control", "*.pdf=no-store", "--cache-control", "/a/*=public, max-age=9"]
+    config = parse_config(argv, {})
+    assert config.spa is True
+    assert config.compress_static is False
+    assert config.cache_control_rules == (("*.pdf", "no-store"), ("/a/*", "public, max-age=9"))
+
+
+def test_switches_and_repeatable_flags_from_the_environment() -> None:
+    environ = {
+        "OFFLOAD_STATIC": str(FIXTURES),
+        "OFFLOAD_SPA": "true",
+        "OFFLOAD_NO_COMPRESS_STATIC": "1",
+        "OFFLOAD_CACHE_CONTROL": "*.pdf=no-store; /a/*=public, max-age=9",
+        "OFFLOAD_CACHE_MAX_AGE": "120",
+        "OFFLOAD_IN_MEMORY_MAX_BYTES": "1024",
+    }
+    config = parse_config([], environ)
+    assert config.spa is True
+    assert config.compress_static is False
+    assert config.cache_control_rules == (("*.pdf", "no-store"), ("/a/*", "public, max-age=9"))
+    assert config.cache_max_age_seconds == 120
+    assert config.in_memory_max_bytes == 1024
+    assert parse_config([], {**environ, "OFFLOAD_SPA": "off"}).spa is False
+
+
 def test_empty_environment_variable_counts_as_unset() -> None:
     config = parse_config(["--static", str(FIXTURES)], {"OFFLOAD_UPSTREAM": "", "OFFLOAD_PORT": ""})
     assert config.upstream is None
@@ -84,6 +111,13 @@ def test_defaults_match_the_design_card() -> None:
         (["--static", str(FIXTURES)], {"OFFLOAD_PORT": "-5"}, "OFFLOAD_PORT '-5'"),
         ([], {}, "nothing to serve"),
         (["--static", str(FIXTURES), "--no-such-flag"], {}, "--no-such-flag"),
+        (["--static", str(FIXTURES), "--cache-control", "no-equals"], {}, "--cache-control"),
+        (["--static", str(FIXTURES), "--cache-max-age", "-1"], {}, "--cache-max-age '-1'"),
+        (["--static", str(FIXTURES), "--cache-max-age", "soon"], {}, "--cache-max-age 'soon'"),
+        (["--static", str(FIXTURES), "--in-memory-max-bytes", "1k"], {}, "--in-memory-max-bytes"),
+        (["--static", str(FIXTURES), "--upstream", "localhost:3000", "--spa"], {}, "--spa"),
+        (["--upstream", "localhost:3000", "--spa"], {}, "--spa"),
+        (["--static", str(FIXTURES)], {"OFFLOAD_SPA": "maybe"}, "OFFLOAD_SPA 'maybe'"),
     ],
 )
 def test_bad_setting_exits_2_with_one_line_naming_it(
