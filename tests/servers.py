@@ -138,3 +138,21 @@ def raw_request(port: int, request: bytes) -> RawResponse:
 def raw_get(port: int, target: str, *headers: str) -> RawResponse:
     lines = [f"GET {target} HTTP/1.1", "Host: offload.test", "Connection: close", *headers]
     return raw_request(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+
+TCP_TIME_WAIT = "06"
+
+
+def tcp_states_towards(port: int) -> list[str]:
+    """States of this machine's TCP sockets whose remote end is ``port`` (Linux /proc/net),
+    TIME_WAIT left out: what the kernel still holds open towards that port."""
+    states = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and fields[3] != TCP_TIME_WAIT:
+                    states.append(fields[3])
+    return states

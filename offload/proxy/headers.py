@@ -18,20 +18,34 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Replaced with offload's own values: a client must not be able to claim another address.
-FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Replaced with offload's own values, or dropped: a client must not claim another address.
+FORWARDED_HEADERS = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-real-ip",
+    }
+)
+# A client listing these in Connection must not make the proxy drop them.
+NEVER_HOP_BY_HOP = frozenset({b"host"})
 # uvicorn answered "Expect: 100-continue" already; the app gets the body without waiting.
 CONSUMED_REQUEST_HEADERS = frozenset({b"expect"})
 
 
 def connection_options(headers: Iterable[Header]) -> frozenset[bytes]:
     """The header names listed in ``Connection``: they are hop-by-hop too (RFC 9110 §7.6.1)."""
-    return frozenset(
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-        if token.strip()
+    return (
+        frozenset(
+            token.strip().lower()
+            for name, value in headers
+            if name.lower() == b"connection"
+            for token in value.split(b",")
+            if token.strip()
+        )
+        - NEVER_HOP_BY_HOP
     )
 
 

@@ -7,11 +7,19 @@ aiohttp rather than httpx for this leg: measured 13x the throughput (DESIGN.md, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import socket
+import struct
 import uuid
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from multidict import CIMultiDict
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
@@ -30,42 +38,102 @@ class UpstreamBroke(ConnectionError):
     """The app's response failed after its head was sent: the client connection must be cut."""
 
 
+class _UpstreamConnection:
+    """The connection one request to the app uses, once it has one."""
+
+    protocol: ResponseHandler | None = None
+
+    def abort(self) -> None:
+        """Reset the connection. A close, even aiohttp's abort, leaves the kernel flushing the
+        unread upload behind the FIN, so an app that stopped reading never learns the request
+        is gone; SO_LINGER 0 makes the close a reset (RST) that it sees at once."""
+        if self.protocol is None or self.protocol.transport is None:
+            return
+        sock = self.protocol.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.protocol.abort()
+
+
+_CURRENT_CONNECTION: contextvars.ContextVar[_UpstreamConnection] = contextvars.ContextVar(
+    "offload_upstream_connection"
+)
+
+
+class _RecordingConnector(aiohttp.TCPConnector):
+    """Tells the request being sent (through a context variable) which connection it got."""
+
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109  # aiohttp's signature
+    ) -> Connection:
+        connection = await super().connect(req, traces, timeout)
+        if (current := _CURRENT_CONNECTION.get(None)) is not None:
+            current.protocol = connection.protocol
+        return connection
+
+
 def create_session(*, connect_timeout_seconds: float) -> aiohttp.ClientSession:
     """The one client for the app. It adds nothing the client did not send and changes no bytes."""
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_KEEPALIVE_SECONDS)
+    connector = _RecordingConnector(limit=0, keepalive_timeout=POOL_KEEPALIVE_SECONDS)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_seconds),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         max_field_size=MAX_RESPONSE_HEADER_FIELD_BYTES,
     )
 
 
 class RequestReader:
     """The client's side of one exchange: body chunks for the app as they arrive (a bounded
-    queue keeps memory flat), then the wait for the client to go away."""
+    queue keeps memory flat), then the wait for the client to go away.
 
-    def __init__(self, receive: Receive, on_disconnect: Callable[[], object]) -> None:
+    ``on_abort`` runs when the client disconnects, or when the app has not taken a body chunk
+    for ``stall_timeout_seconds`` (then ``stalled`` is set): while the queue is full nothing
+    reads from the client, so a stalled app would otherwise hold the request forever.
+    """
+
+    def __init__(
+        self, receive: Receive, *, on_abort: Callable[[], object], stall_timeout_seconds: float
+    ) -> None:
         self._receive = receive
-        self._on_disconnect = on_disconnect
+        self._on_abort = on_abort
+        self._stall_timeout_seconds = stall_timeout_seconds
         self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=BODY_QUEUE_CHUNKS)
         self.body_complete = asyncio.Event()
+        self.stalled = False
 
     async def run(self) -> None:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
-                self._on_disconnect()
+                self._on_abort()
                 return
             if message["type"] == "http.request" and not self.body_complete.is_set():
-                if body := message.get("body", b""):
-                    await self._chunks.put(body)
-                if not message.get("more_body", False):
-                    await self._chunks.put(None)
+                more_body = message.get("more_body", False)
+                body = message.get("body", b"")
+                if body and not await self._hand_over(body):
+                    return
+                if not more_body:
+                    if not await self._hand_over(None):
+                        return
                     self.body_complete.set()
+
+    async def _hand_over(self, chunk: bytes | None) -> bool:
+        try:
+            async with asyncio.timeout(self._stall_timeout_seconds):
+                await self._chunks.put(chunk)
+        except TimeoutError:
+            self.stalled = True
+            self._on_abort()
+            return False
+        return True
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while (chunk := await self._chunks.get()) is not None:
@@ -95,25 +163,26 @@ class HttpProxy:
             self._session = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response_complete = False
+        progress = _ResponseProgress(send)
 
         def cancel_unless_complete() -> None:
-            if not response_complete:
+            if not progress.complete:
                 relay.cancel()  # the client went away: stop the app's request with it
 
-        async def mark_complete_and_send(message: Message) -> None:
-            nonlocal response_complete
-            response_complete = not message.get("more_body", False)
-            await send(message)
-
-        reader = RequestReader(receive, cancel_unless_complete)
-        relay = asyncio.create_task(self._relay(scope, reader, mark_complete_and_send))
+        reader = RequestReader(
+            receive,
+            on_abort=cancel_unless_complete,
+            stall_timeout_seconds=self.read_timeout_seconds,
+        )
+        relay = asyncio.create_task(self._relay(scope, reader, progress.send))
         reading = asyncio.create_task(reader.run())
         try:
             await relay
         except asyncio.CancelledError:
-            if response_complete or not relay.cancelled() or _is_cancelling():
+            if progress.complete or not relay.cancelled() or _is_cancelling():
                 raise
+            if reader.stalled and not progress.started:
+                await send_plain_text(send, 504, "the app stopped reading the request body")
         finally:
             reading.cancel()
 
@@ -167,7 +236,12 @@ class HttpProxy:
             data=reader.chunks() if _has_body(scope["headers"]) else None,
             allow_redirects=False,
         )
-        sending = asyncio.ensure_future(request)
+        connection = _UpstreamConnection()
+        token = _CURRENT_CONNECTION.set(connection)  # the task below copies this context
+        try:
+            sending = asyncio.ensure_future(request)
+        finally:
+            _CURRENT_CONNECTION.reset(token)
         try:
             body_sent = asyncio.ensure_future(reader.body_complete.wait())
             await asyncio.wait((sending, body_sent), return_when=asyncio.FIRST_COMPLETED)
@@ -175,7 +249,25 @@ class HttpProxy:
             async with asyncio.timeout(self.read_timeout_seconds):
                 return await sending
         finally:
-            sending.cancel()
+            if not sending.done():
+                sending.cancel()
+                connection.abort()
+
+
+class _ResponseProgress:
+    """How far the response to the client got: started, and complete (final body sent)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.complete = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        elif not message.get("more_body", False):
+            self.complete = True
+        await self._send(message)
 
 
 def _is_cancelling() -> bool:

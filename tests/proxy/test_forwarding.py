@@ -3,9 +3,11 @@ header rules, streaming, disconnects and the failure statuses."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +16,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import FIXTURES, NodeApp, Offload, free_port, raw_get
+from tests.servers import (
+    FIXTURES,
+    NodeApp,
+    Offload,
+    free_port,
+    raw_get,
+    raw_request,
+    start_node_app,
+    tcp_states_towards,
+)
 
 UPLOAD_BYTES = 20 * 1024 * 1024
 
@@ -133,11 +144,29 @@ class TestHeaders:
             "X-Forwarded-For: 6.6.6.6",
             "X-Forwarded-Host: evil.test",
             "X-Forwarded-Proto: https",
+            "Forwarded: for=6.6.6.6",
+            "X-Real-IP: 6.6.6.6",
+            "X-Forwarded-Port: 443",
         )
         echo = _json_body(response.body)
+        for dropped in ("forwarded", "x-real-ip", "x-forwarded-port"):
+            assert app_header_values(echo, dropped) == []
         assert app_header_values(echo, "x-forwarded-for") == ["127.0.0.1"]
         assert app_header_values(echo, "x-forwarded-host") == ["offload.test"]
         assert app_header_values(echo, "x-forwarded-proto") == ["http"]
+
+    def test_no_content_type_is_added_to_a_body(self, offload: Offload) -> None:
+        request = (
+            b"POST /api/echo HTTP/1.1\r\nHost: offload.test\r\nConnection: close\r\n"
+            b"Content-Length: 5\r\n\r\nhello"
+        )
+        echo = _json_body(raw_request(offload.port, request).body)
+        assert app_header_values(echo, "content-type") == []
+        assert echo["bodyLength"] == 5
+
+    def test_connection_cannot_remove_host(self, offload: Offload) -> None:
+        echo = _json_body(raw_get(offload.port, "/api/echo", "Connection: host").body)
+        assert app_header_values(echo, "host") == ["offload.test"]
 
     def test_request_id_is_added_once_and_a_clients_is_kept(self, client: httpx.Client) -> None:
         added = app_header_values(client.get("/api/echo").json(), "x-request-id")
@@ -181,6 +210,16 @@ class TestStreaming:
         ):
             assert next(response.iter_raw()) == b"first\n"
         # the client's connection is gone mid-response: offload must close the app's side
+        assert _wait_for_stream_state(offload, stream_id) == "aborted"
+
+    def test_client_leaving_after_the_head_closes_the_apps_response(self, offload: Offload) -> None:
+        stream_id = uuid.uuid4().hex
+        with (
+            httpx.Client(base_url=offload.url, timeout=10) as leaving,
+            leaving.stream("GET", f"/api/head-only?id={stream_id}") as response,
+        ):
+            assert response.headers["content-type"] == "text/event-stream"
+        # the head arrived, no body yet: offload must still notice the client leaving
         assert _wait_for_stream_state(offload, stream_id) == "aborted"
 
 
@@ -230,6 +269,31 @@ class TestFailures:
 
         echo = httpx.post(server.url + "/api/echo", content=trickle()).json()
         assert echo["bodyLength"] == 4096
+
+    def test_app_that_stops_reading_an_upload_gets_504_and_is_reset(
+        self, start_offload: Callable[..., Offload]
+    ) -> None:
+        app = start_node_app()  # its own app: only this test's connections go to it
+        server = start_offload("--upstream", app.address, "--read-timeout", "1")
+        stream_id = uuid.uuid4().hex
+        head = (
+            f"POST /api/no-read?id={stream_id} HTTP/1.1\r\nHost: offload.test\r\n"
+            f"Content-Length: {64 * 1024 * 1024}\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port), timeout=0.5) as connection:
+            connection.sendall(head.encode())
+            with contextlib.suppress(TimeoutError):  # send until the window closes
+                for _ in range(64 * 16):
+                    connection.sendall(b"x" * 65536)
+            connection.settimeout(10)
+            assert connection.recv(65536).startswith(b"HTTP/1.1 504 ")
+        # a plain close would sit in FIN-WAIT-1 behind the unread upload: offload resets it
+        deadline = time.monotonic() + 5
+        while tcp_states_towards(app.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tcp_states_towards(app.port) == []
+        app.process.kill()
+        app.process.wait()
 
     def test_static_only_mode_answers_misses_with_404(
         self, start_offload: Callable[..., Offload]

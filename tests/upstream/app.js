@@ -39,9 +39,27 @@ function echo(req, res) {
 function stream(req, res, id) {
   res.writeHead(200, { "content-type": "text/plain" });
   res.write("first\n");
+  track(res, id);
+  releases.set(id, () => res.end("last\n"));
+}
+
+// Sends the head at once and nothing else until released: an event stream waiting for events.
+function headOnly(req, res, id) {
+  res.writeHead(200, { "content-type": "text/event-stream" });
+  res.flushHeaders();
+  track(res, id);
+  releases.set(id, () => res.end("data: done\n\n"));
+}
+
+// Neither reads the body nor answers: an app stuck before it looks at the upload.
+function noRead(req, res, id) {
+  req.pause();
+  track(res, id);
+}
+
+function track(res, id) {
   streamStates.set(id, "open");
   res.on("close", () => streamStates.set(id, res.writableFinished ? "finished" : "aborted"));
-  releases.set(id, () => res.end("last\n"));
 }
 
 function release(res, id) {
@@ -85,6 +103,10 @@ const server = http.createServer((req, res) => {
       });
     case "/api/stream":
       return stream(req, res, id);
+    case "/api/head-only":
+      return headOnly(req, res, id);
+    case "/api/no-read":
+      return noRead(req, res, id);
     case "/api/release":
       return release(res, id);
     case "/api/stream-state":

@@ -1,0 +1,1 @@
+"""offload's benchmarks: ``python -m bench`` (see bench/README.md)."""

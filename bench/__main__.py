@@ -1,0 +1,5 @@
+"""``python -m bench``: run the static benchmark and print its table."""
+
+from bench.run import main
+
+raise SystemExit(main())
