@@ -54,7 +54,7 @@ class Edge:
         if (
             self.static is not None
             and scope["method"] in STATIC_METHODS
-            and await self.static.respond(scope, send)
+            and await self.static.respond(scope, receive, send)
         ):
             return
         if self.proxy is not None:

@@ -246,5 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compress"]:
         return compress_main(argv[1:])
-    serve(parse_config(argv, os.environ))
+    config = parse_config(argv, os.environ)
+    try:
+        serve(config)
+    except ConfigError as error:  # a port in use, an address not on this machine
+        fail(f"{OPTION_BY_FIELD[error.setting].flag} {str(error.value)!r}: {error.reason}")
     return 0

@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +56,16 @@ class Upstream:
         return self.base_url.removeprefix("http://")
 
 
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
 def _parse_host(host: str) -> str:
     if host.startswith("[") and host.endswith("]"):
         ipaddress.IPv6Address(host[1:-1])  # raises ValueError with the reason
         return host[1:-1]
-    if not host.replace("-", "").replace(".", "").replace("_", "").isalnum():
-        raise ValueError(f"{host!r} is not a host name or address")
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"{host[:80]!r} is not a host name or address")
     return host
 
 
@@ -144,12 +149,15 @@ class Config:
 
 def _check_static_root(static: Path) -> Path:
     root = Path(static)
-    if not root.is_dir():
-        reason = "does not exist" if not root.exists() else "is not a directory"
-        raise ConfigError("static", str(static), reason)
-    if not os.access(root, os.R_OK | os.X_OK):
-        raise ConfigError("static", str(static), "is not readable")
-    return root.resolve()
+    try:
+        if not root.is_dir():
+            reason = "does not exist" if not root.exists() else "is not a directory"
+            raise ConfigError("static", str(static), reason)
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise ConfigError("static", str(static), "is not readable")
+        return root.resolve()
+    except OSError as error:  # a name too long, a parent that cannot be searched
+        raise ConfigError("static", str(static), error.strerror or str(error)) from None
 
 
 def config_fields() -> tuple[str, ...]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from typing import Literal
@@ -15,7 +17,7 @@ import uvloop
 
 from offload.admin import admin_app
 from offload.app import create_app
-from offload.config import Config
+from offload.config import Config, ConfigError
 
 logger = logging.getLogger("offload")
 SHUTDOWN_GRACE_SECONDS = 10
@@ -50,7 +52,34 @@ def _create_listener(
     )
 
 
-async def _serve(config: Config) -> None:
+def bind(host: str, port: int, *, setting: str) -> socket.socket:
+    """A bound socket for a listener, or a `ConfigError` naming what is wrong: an address that
+    does not resolve or is not on this machine (``host``), or a port in use (``setting``)."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, protocol)
+    except OSError as error:
+        raise ConfigError("host", host, f"cannot listen there: {_reason(error)}") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as error:
+        listener.close()
+        wrong = "host" if error.errno == errno.EADDRNOTAVAIL else setting
+        value = host if wrong == "host" else port
+        raise ConfigError(
+            wrong, value, f"cannot listen on {host}:{port}: {_reason(error)}"
+        ) from None
+    return listener
+
+
+def _reason(error: OSError) -> str:
+    return (error.strerror or str(error)).lower()
+
+
+async def _serve(config: Config, sockets: tuple[socket.socket, socket.socket]) -> None:
     public = _create_listener(config, create_app(config), port=config.port, lifespan="on")
     admin = _create_listener(config, admin_app, port=config.admin_port, lifespan="off")
     listeners = (public, admin)
@@ -70,18 +99,26 @@ async def _serve(config: Config) -> None:
         config.static or "off",
         config.upstream_address or "off",
     )
-    tasks = [asyncio.create_task(listener.serve()) for listener in listeners]
+    tasks = [
+        asyncio.create_task(listener.serve(sockets=[bound]))
+        for listener, bound in zip(listeners, sockets, strict=True)
+    ]
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     stop()  # one listener ended (a signal, or it could not bind): the other follows
     await asyncio.gather(*tasks)
 
 
 def serve(config: Config) -> None:
-    """Run offload until a signal stops it."""
+    """Run offload until a signal stops it. Both ports are bound first, so a port in use is a
+    `ConfigError` before anything starts."""
+    sockets = (
+        bind(config.host, config.port, setting="port"),
+        bind(config.host, config.admin_port, setting="admin_port"),
+    )
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(config))
+        runner.run(_serve(config, sockets))

@@ -4,6 +4,7 @@ one line and no traceback."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -131,6 +132,26 @@ def test_bad_setting_exits_2_with_one_line_naming_it(
     assert lines[0].startswith("offload: error: ")
     assert named in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_exits_2_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_cli("--static", str(FIXTURES), "--host", "127.0.0.1", "--port", port)
+    assert result.returncode == 2
+    expected = f"--port '{port}': cannot listen on 127.0.0.1:{port}: address already in use"
+    assert result.stderr.splitlines() == [f"offload: error: {expected}"]
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "10.255.255.254", "no such host"])
+def test_host_that_cannot_be_listened_on_exits_2_with_one_line(host: str) -> None:
+    result = run_cli("--static", str(FIXTURES), "--host", host, "--port", "8089")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"offload: error: --host '{host}': cannot listen")
 
 
 def test_python_dash_m_offload_reports_its_version() -> None:

@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 from offload.static.assets import FileIdentity, Source
-from offload.static.paths import is_hidden, is_within
+from offload.static.paths import is_within
 
 READ_CHUNK_BYTES = 1024 * 1024
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -23,14 +23,12 @@ class TruncatedFile(OSError):
 
 
 def resolve_inside(root: str, path: str) -> str | None:
-    """The symlink-free path, if it stays inside the root and hides in no dot-directory."""
+    """The symlink-free path, if it stays inside the root.
+
+    Whether a name is hidden is decided by the path requested, as nginx and Caddy do: a
+    Kubernetes ConfigMap volume serves ``app.css`` through ``..data/app.css``."""
     real_path = os.path.realpath(path)
-    if not is_within(root, real_path):
-        return None
-    relative = real_path[len(root) :].strip("/")
-    if relative and is_hidden(tuple(relative.split("/"))):
-        return None
-    return real_path
+    return real_path if is_within(root, real_path) else None
 
 
 def open_inside(root: str, real_path: str) -> tuple[int, FileIdentity] | None:

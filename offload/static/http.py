@@ -3,9 +3,12 @@ conditional requests, ranges and content negotiation (RFC 9110 §8.8, §12.5.3, 
 
 from __future__ import annotations
 
+import calendar
 import re
+import time
 from dataclasses import dataclass
-from email.utils import formatdate, mktime_tz, parsedate_tz
+from datetime import UTC, datetime
+from email.utils import formatdate
 
 NOT_MODIFIED = 304
 PRECONDITION_FAILED = 412
@@ -16,16 +19,38 @@ def format_http_date(epoch_seconds: float) -> str:
     return formatdate(epoch_seconds, usegmt=True)
 
 
-def parse_http_date(value: str) -> int | None:
-    """Seconds since the epoch for any of the three HTTP date forms; ``None`` if unparseable.
+_MONTHS = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
+_TIME = r"(?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)"
+_HTTP_DATES = (  # RFC 9110 §5.6.7: IMF-fixdate, then the obsolete RFC 850 and asctime forms
+    re.compile(
+        rf"[A-Z][a-z]{{2}}, (?P<day>\d\d) (?P<month>{_MONTHS}) (?P<year>\d{{4}}) {_TIME} GMT"
+    ),
+    re.compile(
+        rf"[A-Z][a-z]{{5,8}}, (?P<day>\d\d)-(?P<month>{_MONTHS})-(?P<year>\d\d) {_TIME} GMT"
+    ),
+    re.compile(rf"[A-Z][a-z]{{2}} (?P<month>{_MONTHS}) (?P<day>[ \d]\d) {_TIME} (?P<year>\d{{4}})"),
+)
 
-    RFC 9110 §13.1.3: a conditional with an invalid date is ignored, never an error.
+
+def parse_http_date(value: str) -> int | None:
+    """Seconds since the epoch for any of the three HTTP date forms; ``None`` otherwise.
+
+    RFC 9110 §13.1.3: a conditional with an invalid date is ignored, never an error. Only the
+    three forms count: a looser parser would read "01 Jan 2099 00:00" in local time.
     """
-    try:
-        parsed = parsedate_tz(value)
-        return None if parsed is None else mktime_tz(parsed)
-    except (ValueError, OverflowError, TypeError):
-        return None
+    for form in _HTTP_DATES:
+        if match := form.fullmatch(value.strip()):
+            year = int(match["year"])
+            if year < 100:  # §5.6.7: a two-digit year more than 50 years ahead is in the past
+                year += 2000 if year + 2000 <= time.gmtime().tm_year + 50 else 1900
+            month = _MONTHS.split("|").index(match["month"]) + 1
+            fields = (int(match["day"]), int(match["hour"]), int(match["minute"]))
+            try:
+                moment = datetime(year, month, *fields, int(match["second"]), tzinfo=UTC)
+            except ValueError:
+                return None
+            return calendar.timegm(moment.timetuple())
+    return None
 
 
 def parse_entity_tags(value: str) -> list[str] | None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from starlette.types import Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from offload.responses import http_date, send_plain_text
 from offload.static.assets import Asset, Header, Redirect, Representation
@@ -47,7 +48,9 @@ class StaticResponder:
         self.catalog = catalog
         self.spa = spa
 
-    async def respond(self, scope: Scope, send: Send, *, may_rescan: bool = True) -> bool:
+    async def respond(
+        self, scope: Scope, receive: Receive, send: Send, *, may_rescan: bool = True
+    ) -> bool:
         """Send the response for ``scope`` and return ``True``, or return ``False`` on a miss."""
         path: str = scope["path"]
         entry = self.catalog.entries.get(path) or self._fallback(path)
@@ -58,19 +61,22 @@ class StaticResponder:
             return True
         request = _request_headers(scope["headers"])
         plan = _plan(scope["method"], entry, request)
-        fd: int | None = None
-        if plan.needs_file:
-            fd = await asyncio.to_thread(self.catalog.open_representation, plan.representation)
-            if fd is None:  # changed on disk before the watcher saw it: describe it anew
-                if not may_rescan:
-                    return False
-                await self.catalog.rescan()
-                return await self.respond(scope, send, may_rescan=False)
+        if not plan.needs_file:
+            await plan.send(send, None, _still_connected)
+            return True
+        fd = await _open(self.catalog, plan.representation)
+        if fd is None:  # changed on disk before the watcher saw it: describe it anew
+            if not may_rescan:
+                return False
+            await self.catalog.rescan()
+            return await self.respond(scope, receive, send, may_rescan=False)
+        # uvicorn drops what is sent after a disconnect: stop reading the file instead
+        disconnected = asyncio.create_task(_wait_for_disconnect(receive))
         try:
-            await plan.send(send, fd)
+            await plan.send(send, fd, lambda: not disconnected.done())
         finally:
-            if fd is not None:
-                os.close(fd)
+            disconnected.cancel()
+            os.close(fd)
         return True
 
     def _fallback(self, path: str) -> Asset | Redirect | None:
@@ -78,6 +84,31 @@ class StaticResponder:
         if self.spa and "." not in path.rsplit("/", 1)[-1]:
             return self.catalog.entries.get("/")
         return None
+
+
+async def _open(catalog: Catalog, representation: Representation) -> int | None:
+    """Open on a worker thread; if the request is cancelled meanwhile, the descriptor the
+    thread still opens is closed when it arrives, not leaked."""
+    opening = asyncio.ensure_future(asyncio.to_thread(catalog.open_representation, representation))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(opening: asyncio.Future[int | None]) -> None:
+    if not opening.cancelled() and opening.exception() is None and (fd := opening.result()):
+        os.close(fd)
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _still_connected() -> bool:
+    return True
 
 
 class _Plan:
@@ -103,7 +134,7 @@ class _Plan:
         has_body = self.with_body and self.status in (200, 206)
         return has_body and self.representation.body is None
 
-    async def send(self, send: Send, fd: int | None) -> None:
+    async def send(self, send: Send, fd: int | None, is_connected: Callable[[], bool]) -> None:
         date = (b"date", http_date.now())
         representation = self.representation
         if self.status == NOT_MODIFIED:
@@ -119,12 +150,13 @@ class _Plan:
             )
             await send({"type": "http.response.body", "body": b""})
         elif self.status == 206:
-            await self._send_ranges(send, fd, date)
+            await self._send_ranges(send, _Body(fd, is_connected), date)
         else:
             await _start(send, 200, (*representation.headers, date))
-            await _send_body(send, representation, fd, [] if not self.with_body else None)
+            ranges: list[ByteRange] | None = [] if not self.with_body else None
+            await _send_body(send, representation, _Body(fd, is_connected), ranges)
 
-    async def _send_ranges(self, send: Send, fd: int | None, date: Header) -> None:
+    async def _send_ranges(self, send: Send, body: _Body, date: Header) -> None:
         identity = self.asset.identity
         if len(self.ranges) == 1:
             part = self.ranges[0]
@@ -135,7 +167,7 @@ class _Plan:
                 date,
             )
             await _start(send, 206, headers)
-            await _send_body(send, identity, fd, self.ranges)
+            await _send_body(send, identity, body, self.ranges)
             return
         heads = [_part_head(self.asset, part) for part in self.ranges]
         closing = f"--{_BOUNDARY}--\r\n".encode()
@@ -158,7 +190,7 @@ class _Plan:
         )
         for head, part in zip(heads, self.ranges, strict=True):
             await send({"type": "http.response.body", "body": head, "more_body": True})
-            await _send_body(send, identity, fd, [part], final=False)
+            await _send_body(send, identity, body, [part], final=False)
             await send({"type": "http.response.body", "body": b"\r\n", "more_body": True})
         await send({"type": "http.response.body", "body": closing})
 
@@ -198,27 +230,38 @@ def _plan(method: str, asset: Asset, request: dict[bytes, str]) -> _Plan:
     return _Plan(asset, representation, status=200, with_body=method != "HEAD")
 
 
+@dataclass(frozen=True)
+class _Body:
+    """Where a body not held in memory is read from, and whether anyone still listens."""
+
+    fd: int | None
+    is_connected: Callable[[], bool]
+
+
 async def _send_body(
     send: Send,
     representation: Representation,
-    fd: int | None,
+    source: _Body,
     ranges: Sequence[ByteRange] | None,
     *,
     final: bool = True,
 ) -> None:
     """The bytes of ``ranges`` (``None``: all of it; empty: none), from memory or the open
     descriptor. Exactly the announced length goes out, or the read raises and the connection
-    ends (`TruncatedFile`)."""
+    ends (`TruncatedFile`); reading stops when the client has gone."""
     if ranges is None:
         ranges = [ByteRange(0, representation.size - 1)] if representation.size else []
     if representation.body is not None:
         body = b"".join(representation.body[part.start : part.end + 1] for part in ranges)
         await send({"type": "http.response.body", "body": body, "more_body": not final})
         return
+    fd = source.fd
     assert fd is not None
     for part in ranges:
         offset, end = part.start, part.end + 1
         while offset < end:
+            if not source.is_connected():
+                return
             length = min(STREAM_CHUNK_BYTES, end - offset)
             chunk = await asyncio.to_thread(read_exactly, fd, offset, length)
             offset += length

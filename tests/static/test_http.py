@@ -32,7 +32,9 @@ def test_parse_http_date_reads_all_three_forms(value: str) -> None:
     assert parse_http_date(value) == MODIFIED
 
 
-@pytest.mark.parametrize("value", ["", "yesterday", "Sun, 99 Foo 1994 08:49:37 GMT", "12345"])
+@pytest.mark.parametrize(
+    "value", ["", "yesterday", "Sun, 99 Foo 1994 08:49:37 GMT", "12345", "01 Jan 2099 00:00"]
+)
 def test_parse_http_date_returns_none_for_garbage(value: str) -> None:
     assert parse_http_date(value) is None
 

@@ -280,7 +280,15 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Offload]:
     (root / "link-sibling.txt").symlink_to("../srv2/secret.txt")
     (root / "link-dir-outside").symlink_to(outside)
     (root / "sub" / "up.txt").symlink_to("../../outside/secret.txt")
-    (root / "link-to-dotfile.txt").symlink_to(root / ".dotsecret")
+    (root / "dir-link").symlink_to(root / "sub")
+    (root / "loop").symlink_to(root)  # a cycle the scan must not follow forever
+    (root / "app.3f2a1b9c5d.js").write_text("fingerprinted")
+    (root / "latest.js").symlink_to("app.3f2a1b9c5d.js")
+    # a Kubernetes ConfigMap volume: names link through ..data to a hidden timestamped folder
+    (root / "..2026_11_27_08_00_00.000").mkdir()
+    (root / "..2026_11_27_08_00_00.000" / "config.json").write_text('{"configmap": true}')
+    (root / "..data").symlink_to("..2026_11_27_08_00_00.000")
+    (root / "config.json").symlink_to("..data/config.json")
     os.mkfifo(root / "pipe.txt")
     with run_offload("--static", root) as server:
         yield server
@@ -290,6 +298,18 @@ class TestSymlinksAndSpecialFiles:
     def test_symlink_inside_the_root_is_followed(self, hostile: Offload) -> None:
         assert httpx.get(hostile.url + "/link-inside.txt").text == "inside"
 
+    def test_configmap_layout_is_served_by_its_visible_names(self, hostile: Offload) -> None:
+        assert httpx.get(hostile.url + "/config.json").json() == {"configmap": True}
+        assert httpx.get(hostile.url + "/..data/config.json").status_code == 404
+
+    def test_cache_policy_follows_the_name_requested_not_the_link_target(
+        self, hostile: Offload
+    ) -> None:
+        target = httpx.get(hostile.url + "/app.3f2a1b9c5d.js").headers["cache-control"]
+        alias = httpx.get(hostile.url + "/latest.js").headers["cache-control"]
+        assert target == "public, max-age=31536000, immutable"
+        assert alias == "no-cache"  # repointing latest.js must be seen at once
+
     @pytest.mark.parametrize(
         "path",
         [
@@ -297,7 +317,8 @@ class TestSymlinksAndSpecialFiles:
             "/link-sibling.txt",
             "/link-dir-outside/secret.txt",
             "/sub/up.txt",
-            "/link-to-dotfile.txt",
+            "/dir-link/up.txt",
+            "/.dotsecret",
             "/pipe.txt",
         ],
     )
