@@ -204,7 +204,9 @@ def check(server: Server, case: Case) -> str:
 
 def run_wrk(server: Server, case: Case, *, seconds: int, connections: int) -> Sample:
     pin = ["taskset", "-c", "1"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
-    command = [*pin, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    # a generous timeout, so a slow server is measured as slow rather than as failing
+    command = [*pin, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
+    command.append("--latency")
     if case.accept_encoding:
         command += ["-H", f"Accept-Encoding: {case.accept_encoding}"]
     command.append(f"http://127.0.0.1:{server.port}{case.path}")

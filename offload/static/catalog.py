@@ -217,14 +217,18 @@ class _Scan:
         self.visited.add(directory)
         try:
             with os.scandir(directory) as listing:
-                names = sorted(entry.name for entry in listing)
+                entries = sorted(listing, key=lambda entry: entry.name)
         except OSError:
             return
-        for name in names:
-            child = (*segments, name)
+        names = frozenset(entry.name for entry in entries)
+        for entry in entries:
+            child = (*segments, entry.name)
             if is_hidden(child):
                 continue
-            real_path = resolve_inside(self.catalog.root, os.path.join(directory, name))
+            # ``directory`` is already resolved: only a symlink needs resolving again
+            real_path = (
+                resolve_inside(self.catalog.root, entry.path) if entry.is_symlink() else entry.path
+            )
             if real_path is None:
                 continue
             try:
@@ -234,17 +238,23 @@ class _Scan:
             if stat.S_ISDIR(status.st_mode):
                 self._walk(real_path, child)
             elif stat.S_ISREG(status.st_mode):
-                self._add_file(real_path, os.path.join(directory, name), child)
+                self._add_file(real_path, status, child, names)
         self._add_index(segments)
 
-    def _add_file(self, real_path: str, listed_path: str, segments: tuple[str, ...]) -> None:
-        identity = self._read(real_path)
+    def _add_file(
+        self,
+        real_path: str,
+        status: os.stat_result,
+        segments: tuple[str, ...],
+        names: frozenset[str],
+    ) -> None:
+        identity = self._read(real_path, status)
         if identity is None:
             return
         url_path = "/" + "/".join(segments)
         settings = self.catalog.settings
         media_type = media.media_type_for(segments[-1])
-        sidecars = self._sidecars(listed_path, identity)
+        sidecars = self._sidecars(segments[-1], real_path, identity, names)
         facts = AssetFacts(
             media_type=media_type,
             cache_control=media.cache_control_for(
@@ -261,15 +271,24 @@ class _Scan:
         asset = create_asset(facts, identity, sidecars, order=compress.CODINGS_BY_PREFERENCE)
         self.entries[url_path] = self.catalog._with_built_variants(asset)
 
-    def _sidecars(self, listed_path: str, identity: Source) -> dict[str, Source]:
+    def _sidecars(
+        self, name: str, real_path: str, identity: Source, names: frozenset[str]
+    ) -> dict[str, Source]:
         """``app.js.br`` and friends, when they are at least as new as ``app.js``."""
         found: dict[str, Source] = {}
         assert identity.file_identity is not None
+        directory = os.path.dirname(real_path)
         for coding, suffix in compress.SIDECAR_SUFFIXES.items():
-            real_path = resolve_inside(self.catalog.root, listed_path + suffix)
-            if real_path is None or not os.path.isfile(real_path):
+            if name + suffix not in names:
                 continue
-            source = self._read(real_path)
+            sidecar = resolve_inside(self.catalog.root, os.path.join(directory, name + suffix))
+            try:
+                status = os.stat(sidecar) if sidecar is not None else None
+            except OSError:
+                continue
+            if sidecar is None or status is None or not stat.S_ISREG(status.st_mode):
+                continue
+            source = self._read(sidecar, status)
             if (
                 source is not None
                 and source.file_identity is not None
@@ -278,28 +297,33 @@ class _Scan:
                 found[coding] = source
         return found
 
-    def _read(self, real_path: str) -> Source | None:
-        """The file's digest, and its bytes if small enough to hold; reused when unchanged."""
-        opened = open_inside(self.catalog.root, real_path)
-        if opened is None:
-            return None
-        fd, file_identity = opened
-        try:
-            previous = self.previous.get(real_path)
-            if previous is None or previous.file_identity != file_identity:
-                previous = None
-            hold = file_identity[2] <= self.catalog.settings.in_memory_max_bytes and (
-                self.memory_bytes + file_identity[2] <= IN_MEMORY_BUDGET_BYTES
-            )
-            reusable = previous is not None and (previous.body is not None) == hold
-            source = previous if reusable else read_source(fd, real_path, file_identity, hold=hold)
-        finally:
-            os.close(fd)
+    def _read(self, real_path: str, status: os.stat_result) -> Source | None:
+        """The file's digest, and its bytes if small enough to hold. What an earlier scan read
+        is reused while the file's identity (device, inode, size, mtime) is unchanged, so a
+        rescan costs a stat per file."""
+        size = status.st_size
+        hold = size <= self.catalog.settings.in_memory_max_bytes and (
+            self.memory_bytes + size <= IN_MEMORY_BUDGET_BYTES
+        )
+        identity = (status.st_dev, status.st_ino, size, status.st_mtime_ns)
+        source = self.previous.get(real_path)
+        if source is None or source.file_identity != identity or (source.body is not None) != hold:
+            source = self._read_anew(real_path, hold=hold)
         if source is None:
             return None
         self.memory_bytes += source.size if source.body is not None else 0
         self.sources[real_path] = source
         return source
+
+    def _read_anew(self, real_path: str, *, hold: bool) -> Source | None:
+        opened = open_inside(self.catalog.root, real_path)
+        if opened is None:
+            return None
+        fd, file_identity = opened
+        try:
+            return read_source(fd, real_path, file_identity, hold=hold)
+        finally:
+            os.close(fd)
 
     def _add_index(self, segments: tuple[str, ...]) -> None:
         prefix = "/" + "/".join(segments) if segments else ""
