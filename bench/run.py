@@ -63,6 +63,7 @@ class Sample:
     requests_per_second: float
     p50_ms: float
     p99_ms: float
+    megabytes_per_second: float = 0.0  # counts responses still in flight when the run ends
 
 
 def write_fixtures(root: Path) -> None:
@@ -225,10 +226,13 @@ def parse_wrk(output: str) -> Sample:
         return float(match.group(1)) * scale
 
     requests = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", output)
+    scale = {"B": 1e-6, "KB": 1 / 1024, "MB": 1.0, "GB": 1024.0}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if requests is None or errors is not None:
         raise RuntimeError(f"wrk failed or saw errors:\n{output}")
-    return Sample(float(requests.group(1)), latency_ms("50"), latency_ms("99"))
+    megabytes = float(transfer.group(1)) * scale[transfer.group(2)] if transfer else float("nan")
+    return Sample(float(requests.group(1)), latency_ms("50"), latency_ms("99"), megabytes)
 
 
 def peak_rss_mb(server: Server) -> float:
@@ -264,6 +268,7 @@ def median_samples(samples: list[Sample]) -> Sample:
         statistics.median(s.requests_per_second for s in samples),
         statistics.median(s.p50_ms for s in samples),
         statistics.median(s.p99_ms for s in samples),
+        statistics.median(s.megabytes_per_second for s in samples),
     )
 
 
@@ -279,8 +284,8 @@ RATIO_COLUMNS = ("nginx", "ceiling", "starlette", "servestatic")
 def report(run: Run) -> str:
     lines = [f"Machine: {machine()}; wrk -t1 -c{run.connections}; median of rounds.", ""]
     ratios = " | ".join(f"x {name}" for name in RATIO_COLUMNS)
-    lines.append(f"| case | server | req/s | p50 ms | p99 ms | {ratios} | sent |")
-    lines.append("|---|---|---:|---:|---:|" + "---:|" * len(RATIO_COLUMNS) + "---|")
+    lines.append(f"| case | server | req/s | MB/s | p50 ms | p99 ms | {ratios} | sent |")
+    lines.append("|---|---|---:|---:|---:|---:|" + "---:|" * len(RATIO_COLUMNS) + "---|")
     for case in CASES:
         medians = {
             server: median_samples(samples)
@@ -291,6 +296,7 @@ def report(run: Run) -> str:
             shown = " | ".join(ratio(medians, server, name) for name in RATIO_COLUMNS)
             lines.append(
                 f"| {case.name} | {server} | {sample.requests_per_second:,.0f} "
+                f"| {sample.megabytes_per_second:,.1f} "
                 f"| {sample.p50_ms:.2f} | {sample.p99_ms:.2f} | {shown} "
                 f"| {run.checks[(case.name, server)]} |"
             )
