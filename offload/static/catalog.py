@@ -1,9 +1,9 @@
 """The static root held in memory: a scan maps every servable URL path to its `Asset`, a watcher
 rescans when the volume changes, and a background task builds compressed variants.
 
-A request costs a dictionary lookup. Every rule about what may be served (inside the root, no
-dot-files, regular files only) is applied here, once per scan, and again when a file that is
-not held in memory is opened (`open_representation`), so a race cannot widen it.
+A request costs a dictionary lookup. The rules about what may be served (no dot-names in the
+path, inside the root, regular files only) are applied here, once per scan; the last two again
+when a file not held in memory is opened (`open_representation`), so a race cannot widen them.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class Catalog:
         self.root = os.path.realpath(root)
         self.settings = settings
         self.entries: dict[str, Asset | Redirect] = {}
+        self.generation = 0  # scans completed
         self.variants = compress.VariantCache(VARIANT_BUDGET_BYTES)
         self._sources: dict[str, Source] = {}  # real path -> what the last scan read
         self._scan_lock = asyncio.Lock()
@@ -84,12 +85,19 @@ class Catalog:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def rescan(self) -> None:
-        """Describe the root anew, reusing what is unchanged; swap the result in at once."""
+    async def rescan(self, *, unless_newer_than: int | None = None) -> None:
+        """Describe the root anew, reusing what is unchanged; swap the result in at once.
+
+        ``unless_newer_than``: skip it if a scan finished since that `generation`, so many
+        requests finding the same stale file cause one rescan, not one each.
+        """
         async with self._scan_lock:
+            if unless_newer_than is not None and self.generation > unless_newer_than:
+                return
             scan = _Scan(self, previous=self._sources)
             await asyncio.to_thread(scan.run)
             self.entries, self._sources = scan.entries, scan.sources
+            self.generation += 1
         self._variants_wanted.set()
 
     def open_representation(self, representation: Representation) -> int | None:

@@ -53,6 +53,7 @@ class StaticResponder:
     ) -> bool:
         """Send the response for ``scope`` and return ``True``, or return ``False`` on a miss."""
         path: str = scope["path"]
+        generation = self.catalog.generation
         entry = self.catalog.entries.get(path) or self._fallback(path)
         if entry is None:
             return False
@@ -68,7 +69,7 @@ class StaticResponder:
         if fd is None:  # changed on disk before the watcher saw it: describe it anew
             if not may_rescan:
                 return False
-            await self.catalog.rescan()
+            await self.catalog.rescan(unless_newer_than=generation)
             return await self.respond(scope, receive, send, may_rescan=False)
         # uvicorn drops what is sent after a disconnect: stop reading the file instead
         disconnected = asyncio.create_task(_wait_for_disconnect(receive))
@@ -98,8 +99,10 @@ async def _open(catalog: Catalog, representation: Representation) -> int | None:
 
 
 def _close_opened(opening: asyncio.Future[int | None]) -> None:
-    if not opening.cancelled() and opening.exception() is None and (fd := opening.result()):
-        os.close(fd)
+    if not opening.cancelled() and opening.exception() is None:
+        fd = opening.result()
+        if fd is not None:
+            os.close(fd)
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
