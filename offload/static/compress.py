@@ -11,6 +11,7 @@ from pathlib import Path
 
 import brotli
 
+from offload.negotiation import is_compressible
 from offload.static import media
 
 # Server preference when q-values tie (HTTP.md): br, then zstd, then gzip.
@@ -25,7 +26,7 @@ RUNTIME_BEST_QUALITY_BYTES = 256 * 1024  # brotli 11 above this costs seconds of
 
 def should_compress(media_type: str, size: int) -> bool:
     """Whether an asset is worth negotiating: text-like and not tiny."""
-    return size >= MIN_COMPRESS_BYTES and media.is_compressible(media_type)
+    return size >= MIN_COMPRESS_BYTES and is_compressible(media_type)
 
 
 def encode(data: bytes, coding: str, *, best: bool) -> bytes:

@@ -59,22 +59,6 @@ _DOTTED_HASH = re.compile(r"\.[0-9a-f]{8,}\.[^./]+$", re.IGNORECASE)
 # name-<8+ url-safe chars, at least one digit>.ext (Vite, Rollup); "jquery-carousel.js" is not one
 _DASHED_HASH = re.compile(r"-(?=[A-Za-z0-9_]*\d)[A-Za-z0-9_]{8,}\.[^./]+$")
 
-COMPRESSIBLE_TYPES = frozenset(
-    {
-        "application/json",
-        "application/manifest+json",
-        "application/xml",
-        "application/rss+xml",
-        "application/atom+xml",
-        "application/wasm",
-        "image/svg+xml",
-        "image/vnd.microsoft.icon",
-        "image/bmp",
-        "font/ttf",
-        "font/otf",
-    }
-)
-
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 
@@ -112,12 +96,6 @@ def cache_control_for(
     if is_fingerprinted(path):
         return IMMUTABLE
     return REVALIDATE if max_age_seconds is None else f"public, max-age={max_age_seconds}"
-
-
-def is_compressible(media_type: str) -> bool:
-    """Text-like types shrink; images, fonts in woff, archives, audio and video already are."""
-    essence = media_type.split(";", 1)[0]
-    return essence.startswith("text/") or essence in COMPRESSIBLE_TYPES
 
 
 def _extension(name: str) -> str:

@@ -11,19 +11,18 @@ from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 
+from offload.negotiation import IDENTITY, select_encoding
 from offload.responses import http_date, send_plain_text
 from offload.static.assets import Asset, Header, Redirect, Representation
 from offload.static.catalog import Catalog
 from offload.static.files import read_exactly
 from offload.static.http import (
-    IDENTITY,
     NOT_MODIFIED,
     UNSATISFIABLE,
     ByteRange,
     evaluate_preconditions,
     is_range_fresh,
     parse_range,
-    select_encoding,
 )
 
 STREAM_CHUNK_BYTES = 256 * 1024

@@ -11,11 +11,9 @@ from offload.static.http import (
     is_range_fresh,
     is_strong_match,
     is_weak_match,
-    parse_accept_encoding,
     parse_entity_tags,
     parse_http_date,
     parse_range,
-    select_encoding,
 )
 
 ETAG = '"abc"'
@@ -194,39 +192,3 @@ def test_parse_range_ignores_malformed_and_abusive_headers(header: str, size: in
 )
 def test_if_range_requires_a_strong_match(if_range: str | None, fresh: bool) -> None:
     assert is_range_fresh(if_range, etag=ETAG, last_modified=MODIFIED) is fresh
-
-
-ALL = ("br", "zstd", "gzip")
-
-
-@pytest.mark.parametrize(
-    ("header", "available", "coding"),
-    [
-        (None, ALL, "identity"),
-        ("", ALL, "identity"),
-        ("gzip", ALL, "gzip"),
-        ("gzip, br", ALL, "br"),
-        ("br, gzip", ("gzip",), "gzip"),
-        ("gzip, deflate, br, zstd", ALL, "br"),  # ties go to the server's order, not the header's
-        ("gzip;q=1.0, br;q=0.5", ALL, "gzip"),
-        ("br;q=0, gzip", ALL, "gzip"),
-        ("BR", ALL, "br"),
-        ("x-gzip", ALL, "gzip"),
-        ("*", ALL, "br"),
-        ("*;q=0.5, br;q=0", ALL, "zstd"),
-        ("*;q=0", ALL, "identity"),  # nothing acceptable: identity regardless
-        ("identity", ALL, "identity"),
-        ("gzip;q=0.5, identity", ALL, "identity"),
-        ("gzip, identity;q=0", ALL, "gzip"),
-        ("gzip;q=bogus, br", ALL, "br"),
-        ("gzip;q=2", ALL, "identity"),
-        ("gzip", (), "identity"),
-        ("deflate", ALL, "identity"),
-    ],
-)
-def test_select_encoding(header: str | None, available: tuple[str, ...], coding: str) -> None:
-    assert select_encoding(header, available) == coding
-
-
-def test_parse_accept_encoding_reads_q_values() -> None:
-    assert parse_accept_encoding("gzip;q=0.5, BR, *;q=0") == {"gzip": 0.5, "br": 1.0, "*": 0.0}

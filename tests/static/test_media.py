@@ -8,7 +8,6 @@ from offload.static.media import (
     IMMUTABLE,
     REVALIDATE,
     cache_control_for,
-    is_compressible,
     is_fingerprinted,
     media_type_for,
 )
@@ -102,22 +101,3 @@ def test_glob_rules_win_in_order(path: str, cache_control: str) -> None:
         ("*.js", "never reached"),
     )
     assert cache_control_for(path, max_age_seconds=None, rules=rules) == cache_control
-
-
-@pytest.mark.parametrize(
-    ("media_type", "compressible"),
-    [
-        ("text/css; charset=utf-8", True),
-        ("text/javascript; charset=utf-8", True),
-        ("application/json; charset=utf-8", True),
-        ("image/svg+xml; charset=utf-8", True),
-        ("application/wasm", True),
-        ("image/png", False),
-        ("font/woff2", False),
-        ("application/zip", False),
-        ("video/mp4", False),
-        ("application/octet-stream", False),
-    ],
-)
-def test_is_compressible(media_type: str, compressible: bool) -> None:
-    assert is_compressible(media_type) is compressible

@@ -1,0 +1,74 @@
+"""Content negotiation shared by the static engine and the proxy: which coding a client gets
+(RFC 9110 §12.5.3) and which media types are worth compressing (pure: no I/O)."""
+
+from __future__ import annotations
+
+COMPRESSIBLE_TYPES = frozenset(
+    {
+        "application/json",
+        "application/manifest+json",
+        "application/xml",
+        "application/rss+xml",
+        "application/atom+xml",
+        "application/wasm",
+        "image/svg+xml",
+        "image/vnd.microsoft.icon",
+        "image/bmp",
+        "font/ttf",
+        "font/otf",
+    }
+)
+
+IDENTITY = "identity"
+_CODING_ALIASES = {"x-gzip": "gzip"}
+
+
+def parse_accept_encoding(header: str) -> dict[str, float]:
+    """Coding → q-value. Names are case-insensitive; ``x-gzip`` is gzip; a bad q drops the item."""
+    qualities: dict[str, float] = {}
+    for item in header.split(","):
+        name, *parameters = (part.strip() for part in item.split(";"))
+        if not name:
+            continue
+        quality = 1.0
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = -1.0
+        if 0.0 <= quality <= 1.0:
+            name = name.lower()
+            qualities[_CODING_ALIASES.get(name, name)] = quality
+    return qualities
+
+
+def select_encoding(header: str | None, available: tuple[str, ...]) -> str:
+    """The coding to send: highest q-value, ties to the server's order in ``available``
+    (br before zstd before gzip), identity last.
+
+    No header means identity: any coding would be allowed, but old clients that omit the
+    header are the ones least likely to decode it. When nothing is acceptable, identity is
+    sent anyway (§12.5.3 allows disregarding the header rather than failing).
+    """
+    if header is None or not available:
+        return IDENTITY
+    qualities = parse_accept_encoding(header)
+    star = qualities.get("*")
+
+    def quality(coding: str) -> float:
+        if coding in qualities:
+            return qualities[coding]
+        if star is not None:
+            return star
+        return 1.0 if coding == IDENTITY else 0.0
+
+    best = max((*available, IDENTITY), key=quality)  # max keeps the first of equals
+    return best if quality(best) > 0 else IDENTITY
+
+
+def is_compressible(media_type: str) -> bool:
+    """Text-like types shrink; images, fonts in woff, archives, audio and video already are."""
+    essence = media_type.split(";", 1)[0]
+    return essence.startswith("text/") or essence in COMPRESSIBLE_TYPES

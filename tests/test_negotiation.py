@@ -1,0 +1,61 @@
+"""Content negotiation and compressibility, as tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from offload.negotiation import is_compressible, parse_accept_encoding, select_encoding
+
+ALL = ("br", "zstd", "gzip")
+
+
+@pytest.mark.parametrize(
+    ("header", "available", "coding"),
+    [
+        (None, ALL, "identity"),
+        ("", ALL, "identity"),
+        ("gzip", ALL, "gzip"),
+        ("gzip, br", ALL, "br"),
+        ("br, gzip", ("gzip",), "gzip"),
+        ("gzip, deflate, br, zstd", ALL, "br"),  # ties go to the server's order, not the header's
+        ("gzip;q=1.0, br;q=0.5", ALL, "gzip"),
+        ("br;q=0, gzip", ALL, "gzip"),
+        ("BR", ALL, "br"),
+        ("x-gzip", ALL, "gzip"),
+        ("*", ALL, "br"),
+        ("*;q=0.5, br;q=0", ALL, "zstd"),
+        ("*;q=0", ALL, "identity"),  # nothing acceptable: identity regardless
+        ("identity", ALL, "identity"),
+        ("gzip;q=0.5, identity", ALL, "identity"),
+        ("gzip, identity;q=0", ALL, "gzip"),
+        ("gzip;q=bogus, br", ALL, "br"),
+        ("gzip;q=2", ALL, "identity"),
+        ("gzip", (), "identity"),
+        ("deflate", ALL, "identity"),
+    ],
+)
+def test_select_encoding(header: str | None, available: tuple[str, ...], coding: str) -> None:
+    assert select_encoding(header, available) == coding
+
+
+def test_parse_accept_encoding_reads_q_values() -> None:
+    assert parse_accept_encoding("gzip;q=0.5, BR, *;q=0") == {"gzip": 0.5, "br": 1.0, "*": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("media_type", "compressible"),
+    [
+        ("text/css; charset=utf-8", True),
+        ("text/javascript; charset=utf-8", True),
+        ("application/json; charset=utf-8", True),
+        ("image/svg+xml; charset=utf-8", True),
+        ("application/wasm", True),
+        ("image/png", False),
+        ("font/woff2", False),
+        ("application/zip", False),
+        ("video/mp4", False),
+        ("application/octet-stream", False),
+    ],
+)
+def test_is_compressible(media_type: str, compressible: bool) -> None:
+    assert is_compressible(media_type) is compressible
