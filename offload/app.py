@@ -1,18 +1,27 @@
 """create_app(): the public edge. One rule routes every request: canonical path check, then
-the static engine for GET/HEAD of a file, then the app (DESIGN.md, "Routing")."""
+the static engine for GET/HEAD of a file, then the app (DESIGN.md, "Routing"). This is the one
+module that sees both the static engine and the proxy, so the X-Accel-Redirect hand-off from
+the app to the static engine lives here too."""
 
 from __future__ import annotations
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from offload.config import Config
-from offload.proxy.http import HttpProxy
+from offload.proxy.headers import Header
+from offload.proxy.http import HttpProxy, ProxySettings
+from offload.proxy.websocket import WebSocketBridge
 from offload.responses import send_plain_text
 from offload.static.catalog import Catalog, CatalogSettings
 from offload.static.paths import BadPath, canonical_path
 from offload.static.responder import StaticResponder
 
 STATIC_METHODS = frozenset({"GET", "HEAD"})
+# What the app's X-Accel-Redirect response may decide about the file it hands over (nginx
+# passes the same): the download name, cookies, and its own caching policy.
+ACCEL_CARRIED_HEADERS = frozenset(
+    {b"content-disposition", b"set-cookie", b"cache-control", b"expires", b"x-request-id"}
+)
 
 
 class Edge:
@@ -24,21 +33,20 @@ class Edge:
         self.catalog: Catalog | None = None
         self.static: StaticResponder | None = None
         self.proxy: HttpProxy | None = None
+        self.websocket: WebSocketBridge | None = None
         if config.static is not None:
             self.catalog = Catalog(config.static, _catalog_settings(config))
-            self.static = StaticResponder(self.catalog, spa=config.spa)
-        if (upstream := config.upstream_address) is not None:
-            self.proxy = HttpProxy(
-                upstream.base_url,
-                connect_timeout_seconds=config.connect_timeout_seconds,
-                read_timeout_seconds=config.read_timeout_seconds,
+            self.static = StaticResponder(
+                self.catalog, spa=config.spa, internal_prefix=config.internal_prefix
             )
+        if (upstream := config.upstream_address) is not None:
+            accel = self._serve_accel_redirect if self.static is not None else None
+            self.proxy = HttpProxy(upstream, _proxy_settings(config), accel_redirect=accel)
+            self.websocket = WebSocketBridge(self.proxy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             await self._route(scope, receive, send)
-        elif scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})  # bridged in a later release
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -49,7 +57,13 @@ class Edge:
                 raise BadPath("the path must start with /")
             scope = {**scope, "path": canonical_path(path)}
         except BadPath as error:
-            await send_plain_text(send, 400, str(error))
+            await _refuse(scope, send, error)
+            return
+        if scope["type"] == "websocket":
+            if self.websocket is not None:
+                await self.websocket(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1008})
             return
         if (
             self.static is not None
@@ -60,6 +74,31 @@ class Edge:
         if self.proxy is not None:
             await self.proxy(scope, receive, send)
         else:
+            await send_plain_text(send, 404)
+
+    async def _serve_accel_redirect(
+        self, target: str, scope: Scope, receive: Receive, send: Send, app_headers: list[Header]
+    ) -> None:
+        """The app answered ``X-Accel-Redirect: /path``: serve that static file (internal
+        prefix allowed) with the client's own conditionals and ranges, as nginx does."""
+        assert self.static is not None
+        try:
+            path = canonical_path(target.split("?", 1)[0])
+        except BadPath:
+            await send_plain_text(send, 404)
+            return
+        method = "HEAD" if scope["method"] == "HEAD" else "GET"
+        internal = {**scope, "path": path, "method": method}
+        carried = [header for header in app_headers if header[0].lower() in ACCEL_CARRIED_HEADERS]
+
+        async def send_with_app_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                replaced = {name.lower() for name, _ in carried}
+                own = [header for header in message["headers"] if header[0] not in replaced]
+                message = {**message, "headers": [*own, *carried]}
+            await send(message)
+
+        if not await self.static.respond(internal, receive, send_with_app_headers, internal=True):
             await send_plain_text(send, 404)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -80,12 +119,30 @@ class Edge:
                 return
 
 
+async def _refuse(scope: Scope, send: Send, error: BadPath) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+    else:
+        await send_plain_text(send, 400, str(error))
+
+
 def _catalog_settings(config: Config) -> CatalogSettings:
     return CatalogSettings(
         in_memory_max_bytes=config.in_memory_max_bytes,
         cache_max_age_seconds=config.cache_max_age_seconds,
         cache_control_rules=config.cache_control_rules,
         compress=config.compress_static,
+    )
+
+
+def _proxy_settings(config: Config) -> ProxySettings:
+    return ProxySettings(
+        read_timeout_seconds=config.read_timeout_seconds,
+        connect_timeout_seconds=config.connect_timeout_seconds,
+        compress=config.compress_proxied,
+        max_body_bytes=config.max_body_bytes,
+        trusted_proxies=config.trusted_networks,
+        max_connections=config.upstream_max_connections,
     )
 
 

@@ -73,6 +73,22 @@ def _parse_seconds(text: str) -> float:
         raise ValueError("is not a number of seconds") from None
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _parse_size(text: str) -> int:
+    number, unit = text.strip().upper().removesuffix("B"), ""
+    if number[-1:] in _SIZE_UNITS:
+        number, unit = number[:-1], number[-1]
+    if not (number.isascii() and number.isdigit()):
+        raise ValueError("is not a size in bytes, e.g. 10M")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def _parse_networks(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def _parse_cache_rule(text: str) -> tuple[str, str]:
     glob, equals, value = text.partition("=")
     if not equals or not glob.strip() or not value.strip():
@@ -135,6 +151,40 @@ OPTIONS = (
         "files up to this size are held in memory",
         "BYTES",
         _parse_integer("a number of bytes"),
+    ),
+    Option(
+        "--internal-prefix",
+        "internal_prefix",
+        "static files under this path are served only through the app's X-Accel-Redirect",
+        "PATH",
+    ),
+    Option(
+        "--no-compress-proxied",
+        "compress_proxied",
+        "do not compress the app's responses for clients that accept br or gzip",
+        switch=True,
+        switch_value=False,
+    ),
+    Option(
+        "--max-body-size",
+        "max_body_bytes",
+        "largest request body sent to the app; larger ones get 413 (suffixes K, M, G)",
+        "BYTES",
+        _parse_size,
+    ),
+    Option(
+        "--trusted-proxies",
+        "trusted_proxies",
+        "comma-separated addresses or CIDRs whose X-Forwarded-* headers are kept",
+        "CIDR,...",
+        _parse_networks,
+    ),
+    Option(
+        "--upstream-max-connections",
+        "upstream_max_connections",
+        "most connections open to the app at once; 0 for no limit",
+        "N",
+        _parse_integer("a number of connections"),
     ),
     Option(
         "--spa",

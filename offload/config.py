@@ -24,20 +24,27 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Upstream:
-    """Where the app listens.
+    """Where the app listens: a TCP address, or a Unix socket (``unix_path``).
 
     >>> Upstream.parse("localhost:3000").base_url
     'http://localhost:3000'
+    >>> Upstream.parse("unix:/run/app.sock").unix_path
+    '/run/app.sock'
     """
 
     host: str
     port: int
+    unix_path: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Upstream:
-        """Parse ``HOST:PORT`` or ``http://HOST:PORT``; raise `ValueError` with the reason."""
+        """Parse ``HOST:PORT``, ``http://HOST:PORT`` or ``unix:PATH``; raise `ValueError` with
+        the reason."""
         if text.startswith("unix:"):
-            raise ValueError("Unix-socket upstreams are not supported yet; use HOST:PORT")
+            path = text.removeprefix("unix:")
+            if not path.startswith("/"):
+                raise ValueError("expected unix:/absolute/path/to/app.sock")
+            return cls(host="localhost", port=80, unix_path=path)
         address = text.removeprefix("http://").removesuffix("/")
         if "://" in address:
             raise ValueError("expected HOST:PORT or http://HOST:PORT")
@@ -49,11 +56,24 @@ class Upstream:
 
     @property
     def base_url(self) -> str:
+        """The origin requests are addressed to (for a Unix socket, a placeholder host: the
+        client's own Host header is what the app sees)."""
+        if self.unix_path is not None:
+            return "http://localhost"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """The app's own origins, as they may appear in an absolute ``Location`` it sends."""
+        if self.unix_path is not None:
+            return ()
+        loopback = ("localhost", "127.0.0.1", "::1")
+        hosts = loopback if self.host in loopback else (self.host,)
+        return tuple(f"http://{f'[{host}]' if ':' in host else host}:{self.port}" for host in hosts)
+
     def __str__(self) -> str:
-        return self.base_url.removeprefix("http://")
+        return f"unix:{self.unix_path}" if self.unix_path else self.base_url.removeprefix("http://")
 
 
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
@@ -98,6 +118,11 @@ class Config:
     compress_static: bool = True
     in_memory_max_bytes: int = 64 * 1024
     spa: bool = False
+    internal_prefix: str | None = None
+    compress_proxied: bool = True
+    max_body_bytes: int | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    upstream_max_connections: int = 0
 
     def __post_init__(self) -> None:
         if self.upstream is None and self.static is None:
@@ -123,6 +148,29 @@ class Config:
             if not (seconds > 0 and math.isfinite(seconds)):
                 raise ConfigError(name, seconds, "must be a positive number of seconds")
         self._check_static_options()
+        self._check_proxy_options()
+
+    def _check_proxy_options(self) -> None:
+        if self.max_body_bytes is not None and self.max_body_bytes < 0:
+            raise ConfigError("max_body_bytes", self.max_body_bytes, "must be >= 0")
+        if self.upstream_max_connections < 0:
+            raise ConfigError(
+                "upstream_max_connections", self.upstream_max_connections, "must be >= 0"
+            )
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError("trusted_proxies", cidr, "is not an address or CIDR") from None
+        prefix = self.internal_prefix
+        if prefix is not None and not (
+            prefix.startswith("/") and prefix.endswith("/") and prefix != "/"
+        ):
+            raise ConfigError("internal_prefix", prefix, "expected a path like /protected/")
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in self.trusted_proxies)
 
     def _check_static_options(self) -> None:
         if self.cache_max_age_seconds is not None and self.cache_max_age_seconds < 0:

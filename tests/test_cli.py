@@ -102,7 +102,7 @@ def test_defaults_match_the_design_card() -> None:
         (["--static", str(FIXTURES / "index.html")], {}, "--static"),
         (["--upstream", "localhost"], {}, "--upstream 'localhost'"),
         (["--upstream", "https://app:3000"], {}, "--upstream"),
-        (["--upstream", "unix:/run/app.sock"], {}, "Unix-socket"),
+        (["--upstream", "unix:app.sock"], {}, "--upstream 'unix:app.sock'"),
         (["--static", str(FIXTURES), "--port", "70000"], {}, "--port '70000'"),
         (["--static", str(FIXTURES), "--port", "http"], {}, "--port 'http'"),
         (["--static", str(FIXTURES), "--admin-port", "8080"], {}, "--admin-port"),

@@ -42,12 +42,28 @@ def test_upstream_parse_accepts_host_port_forms(text: str, host: str, port: int)
         ("x" * 64) + ".internal:3000",
         ".".join(["abc"] * 70) + ":3000",
         "[nonsense]:3000",
-        "unix:/run/app.sock",
+        "unix:relative.sock",
     ],
 )
 def test_upstream_parse_rejects_malformed_addresses(text: str) -> None:
     with pytest.raises(ValueError, match=r".+"):
         Upstream.parse(text)
+
+
+def test_unix_upstream_keeps_its_path() -> None:
+    upstream = Upstream.parse("unix:/run/app.sock")
+    assert upstream.unix_path == "/run/app.sock"
+    assert upstream.base_url == "http://localhost"
+    assert upstream.origins == ()
+
+
+def test_loopback_upstream_origins_cover_every_loopback_name() -> None:
+    assert Upstream.parse("localhost:3000").origins == (
+        "http://localhost:3000",
+        "http://127.0.0.1:3000",
+        "http://[::1]:3000",
+    )
+    assert Upstream.parse("app:8000").origins == ("http://app:8000",)
 
 
 def test_upstream_base_url_brackets_ipv6() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
 Header = tuple[bytes, bytes]
@@ -29,6 +30,8 @@ FORWARDED_HEADERS = frozenset(
         b"x-real-ip",
     }
 )
+# nginx's hint to its own buffering, meant for the proxy, not the client.
+CONSUMED_RESPONSE_HEADERS = frozenset({b"x-accel-buffering"})
 # A client listing these in Connection must not make the proxy drop them.
 NEVER_HOP_BY_HOP = frozenset({b"host"})
 # uvicorn answered "Expect: 100-continue" already; the app gets the body without waiting.
@@ -54,49 +57,99 @@ def is_hop_by_hop(name: bytes, options: frozenset[bytes]) -> bool:
     return name in HOP_BY_HOP or name.startswith(b"proxy-") or name in options
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def is_trusted(peer: str | None, networks: tuple[Network, ...]) -> bool:
+    """Whether the peer is a proxy whose forwarding headers may be believed."""
+    if peer is None or not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
 def create_upstream_headers(
     headers: Iterable[Header],
     *,
     client_host: str | None,
     scheme: str,
     request_id: str,
+    trusted: bool = False,
 ) -> list[Header]:
     """The app's request headers: the client's end-to-end ones in order, then X-Forwarded-*.
 
+    From an untrusted peer, forwarding headers are replaced; from a ``trusted`` one (listed in
+    ``--trusted-proxies``) they are kept and the peer is appended to ``X-Forwarded-For``.
     ``Host`` passes unchanged; ``X-Request-ID`` is added only when the client sent none.
     """
     headers = list(headers)
     options = connection_options(headers)
-    dropped = FORWARDED_HEADERS | CONSUMED_REQUEST_HEADERS
+    dropped = CONSUMED_REQUEST_HEADERS if trusted else FORWARDED_HEADERS | CONSUMED_REQUEST_HEADERS
     kept: list[Header] = []
-    host: bytes | None = None
-    has_request_id = False
+    seen: dict[bytes, bytes] = {}
     for name, value in headers:
         lower = name.lower()
-        if is_hop_by_hop(lower, options) or lower in dropped:
+        if is_hop_by_hop(lower, options) or lower in dropped or lower == b"x-forwarded-for":
             continue
-        if lower == b"host" and host is None:
-            host = value
-        has_request_id = has_request_id or lower == b"x-request-id"
+        seen.setdefault(lower, value)
         kept.append((name, value))
+    chain = [value for name, value in headers if trusted and name.lower() == b"x-forwarded-for"]
     if client_host is not None:
-        kept.append((b"x-forwarded-for", client_host.encode()))
-    kept.append((b"x-forwarded-proto", scheme.encode()))
-    if host is not None:
-        kept.append((b"x-forwarded-host", host))
-    if not has_request_id:
+        chain.append(client_host.encode())
+    if chain:
+        kept.append((b"x-forwarded-for", b", ".join(chain)))
+    if b"x-forwarded-proto" not in seen:
+        kept.append((b"x-forwarded-proto", scheme.encode()))
+    if b"x-forwarded-host" not in seen and b"host" in seen:
+        kept.append((b"x-forwarded-host", seen[b"host"]))
+    if b"x-request-id" not in seen:
         kept.append((b"x-request-id", request_id.encode()))
     return kept
 
 
-def create_client_headers(headers: Iterable[Header], *, date: bytes) -> list[Header]:
+def create_client_headers(
+    headers: Iterable[Header],
+    *,
+    date: bytes,
+    request_id: bytes,
+    upstream_origins: tuple[bytes, ...] = (),
+) -> list[Header]:
     """The client's response headers: the app's end-to-end ones, repeats (Set-Cookie) kept apart.
 
     The app's ``Date`` passes; ``date`` is added only when the app sent none (RFC 9110 §6.6.1).
+    The request's ``X-Request-ID`` is echoed unless the app set one. A ``Location`` on the app's
+    own origin becomes a path on the public one, as nginx's default ``proxy_redirect`` does.
     """
     headers = list(headers)
     options = connection_options(headers)
-    kept = [(name, value) for name, value in headers if not is_hop_by_hop(name.lower(), options)]
-    if not any(name.lower() == b"date" for name, _ in kept):
+    kept: list[Header] = []
+    names: set[bytes] = set()
+    for name, value in headers:
+        lower = name.lower()
+        if is_hop_by_hop(lower, options) or lower in CONSUMED_RESPONSE_HEADERS:
+            continue
+        if lower == b"location":
+            value = rewrite_location(value, upstream_origins)
+        names.add(lower)
+        kept.append((name, value))
+    if b"date" not in names:
         kept.append((b"date", date))
+    if b"x-request-id" not in names:
+        kept.append((b"x-request-id", request_id))
     return kept
+
+
+def rewrite_location(location: bytes, origins: tuple[bytes, ...]) -> bytes:
+    """``http://localhost:3000/x?y`` → ``/x?y`` when that origin is the app's own."""
+    lowered = location.lower()
+    for origin in origins:
+        if lowered.startswith(origin):
+            rest = location[len(origin) :]
+            if rest[:1] in (b"", b"?", b"#"):
+                return b"/" + rest
+            if rest[:1] == b"/":
+                return rest
+    return location

@@ -1,126 +1,102 @@
-"""The streaming forwarder: one pooled aiohttp session to the app, raw bytes both ways, and the
-mapping of upstream failures to 502 and 504.
-
-aiohttp rather than httpx for this leg: measured 13x the throughput (DESIGN.md, "Dependencies").
-"""
+"""The streaming forwarder: raw bytes both ways between the client and the app, the body limit on
+the way in, optional compression on the way out, and upstream failures mapped to 502 and 504."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
-import socket
-import struct
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import aiohttp
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.client_reqrep import ClientRequest
-from aiohttp.connector import Connection
-from aiohttp.tracing import Trace
 from multidict import CIMultiDict
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
-from offload.proxy.headers import Header, create_client_headers, create_upstream_headers
+from offload.config import Upstream
+from offload.proxy import encode
+from offload.proxy.client import CURRENT_CONNECTION, UpstreamConnection, create_session
+from offload.proxy.headers import (
+    Header,
+    Network,
+    create_client_headers,
+    create_upstream_headers,
+    is_trusted,
+)
 from offload.responses import http_date, send_plain_text
 
-# Node's http server closes idle keep-alive sockets after 5 s (server.keepAliveTimeout). The pool
-# must give a socket up first, or a request may race the app's close and see a reset.
-POOL_KEEPALIVE_SECONDS = 4.0
 BODY_QUEUE_CHUNKS = 4
-MAX_RESPONSE_HEADER_FIELD_BYTES = 32 * 1024
+CONNECT_RETRY_FIRST_SECONDS = 0.05
+CONNECT_RETRY_MAX_SECONDS = 0.5
+
+# serves a path from the static root in place of the app's response (X-Accel-Redirect)
+AccelRedirect = Callable[[str, Scope, Receive, Send, list[Header]], Awaitable[None]]
 
 
 class UpstreamBroke(ConnectionError):
     """The app's response failed after its head was sent: the client connection must be cut."""
 
 
-class _UpstreamConnection:
-    """The connection one request to the app uses, once it has one."""
+@dataclass(frozen=True)
+class ProxySettings:
+    """How requests are forwarded: see `offload.Config` for each setting's meaning."""
 
-    protocol: ResponseHandler | None = None
-
-    def abort(self) -> None:
-        """Reset the connection. A close, even aiohttp's abort, leaves the kernel flushing the
-        unread upload behind the FIN, so an app that stopped reading never learns the request
-        is gone; SO_LINGER 0 makes the close a reset (RST) that it sees at once."""
-        if self.protocol is None or self.protocol.transport is None:
-            return
-        sock = self.protocol.transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.protocol.abort()
-
-
-_CURRENT_CONNECTION: contextvars.ContextVar[_UpstreamConnection] = contextvars.ContextVar(
-    "offload_upstream_connection"
-)
-
-
-class _RecordingConnector(aiohttp.TCPConnector):
-    """Tells the request being sent (through a context variable) which connection it got."""
-
-    async def connect(
-        self,
-        req: ClientRequest,
-        traces: list[Trace],
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109  # aiohttp's signature
-    ) -> Connection:
-        connection = await super().connect(req, traces, timeout)
-        if (current := _CURRENT_CONNECTION.get(None)) is not None:
-            current.protocol = connection.protocol
-        return connection
-
-
-def create_session(*, connect_timeout_seconds: float) -> aiohttp.ClientSession:
-    """The one client for the app. It adds nothing the client did not send and changes no bytes."""
-    connector = _RecordingConnector(limit=0, keepalive_timeout=POOL_KEEPALIVE_SECONDS)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_seconds),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        max_field_size=MAX_RESPONSE_HEADER_FIELD_BYTES,
-    )
+    read_timeout_seconds: float = 60.0
+    connect_timeout_seconds: float = 5.0
+    compress: bool = True
+    max_body_bytes: int | None = None
+    trusted_proxies: tuple[Network, ...] = ()
+    max_connections: int = 0
 
 
 class RequestReader:
     """The client's side of one exchange: body chunks for the app as they arrive (a bounded
     queue keeps memory flat), then the wait for the client to go away.
 
-    ``on_abort`` runs when the client disconnects, or when the app has not taken a body chunk
-    for ``stall_timeout_seconds`` (then ``stalled`` is set): while the queue is full nothing
-    reads from the client, so a stalled app would otherwise hold the request forever.
+    ``on_abort`` runs when the client disconnects; when the body passes ``max_body_bytes``
+    (``too_large``); or when the app has not taken a chunk for ``stall_timeout_seconds``
+    (``stalled``): while the queue is full nothing reads from the client, so a stalled app would
+    otherwise hold the request forever.
     """
 
     def __init__(
-        self, receive: Receive, *, on_abort: Callable[[], object], stall_timeout_seconds: float
+        self,
+        receive: Receive,
+        *,
+        on_abort: Callable[[], object],
+        stall_timeout_seconds: float,
+        max_body_bytes: int | None,
     ) -> None:
         self._receive = receive
         self._on_abort = on_abort
         self._stall_timeout_seconds = stall_timeout_seconds
+        self._max_body_bytes = max_body_bytes
         self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=BODY_QUEUE_CHUNKS)
+        self._received_bytes = 0
         self.body_complete = asyncio.Event()
+        self.disconnected = asyncio.Event()
         self.stalled = False
+        self.too_large = False
 
     async def run(self) -> None:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
+                self.disconnected.set()
                 self._on_abort()
                 return
             if message["type"] == "http.request" and not self.body_complete.is_set():
-                more_body = message.get("more_body", False)
                 body = message.get("body", b"")
+                self._received_bytes += len(body)
+                if self._max_body_bytes is not None and self._received_bytes > self._max_body_bytes:
+                    self.too_large = True
+                    self._on_abort()
+                    return
                 if body and not await self._hand_over(body):
                     return
-                if not more_body:
+                if not message.get("more_body", False):
                     if not await self._hand_over(None):
                         return
                     self.body_complete.set()
@@ -139,6 +115,12 @@ class RequestReader:
         while (chunk := await self._chunks.get()) is not None:
             yield chunk
 
+    async def receive_disconnect(self) -> Message:
+        """An ASGI ``receive`` for whoever answers in the proxy's place: it only ever says the
+        client went away (this reader owns the real one)."""
+        await self.disconnected.wait()
+        return {"type": "http.disconnect"}
+
 
 class HttpProxy:
     """Forwards one HTTP request to the app and streams the answer back.
@@ -147,15 +129,29 @@ class HttpProxy:
     """
 
     def __init__(
-        self, base_url: str, *, connect_timeout_seconds: float, read_timeout_seconds: float
-    ):
-        self.base_url = base_url
-        self.connect_timeout_seconds = connect_timeout_seconds
-        self.read_timeout_seconds = read_timeout_seconds
+        self,
+        upstream: Upstream,
+        settings: ProxySettings,
+        *,
+        accel_redirect: AccelRedirect | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.settings = settings
+        self.accel_redirect = accel_redirect
+        self._origins = tuple(origin.encode() for origin in upstream.origins)
         self._session: aiohttp.ClientSession | None = None
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "HttpProxy.start() runs in the lifespan"
+        return self._session
+
     async def start(self) -> None:
-        self._session = create_session(connect_timeout_seconds=self.connect_timeout_seconds)
+        self._session = create_session(
+            self.upstream,
+            connect_timeout_seconds=self.settings.connect_timeout_seconds,
+            max_connections=self.settings.max_connections,
+        )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -163,16 +159,20 @@ class HttpProxy:
             self._session = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _declared_length(scope["headers"]) > (self.settings.max_body_bytes or float("inf")):
+            await send_plain_text(send, 413, "the request body is larger than allowed")
+            return
         progress = _ResponseProgress(send)
 
         def cancel_unless_complete() -> None:
             if not progress.complete:
-                relay.cancel()  # the client went away: stop the app's request with it
+                relay.cancel()  # the client went away, or the body must not go on
 
         reader = RequestReader(
             receive,
             on_abort=cancel_unless_complete,
-            stall_timeout_seconds=self.read_timeout_seconds,
+            stall_timeout_seconds=self.settings.read_timeout_seconds,
+            max_body_bytes=self.settings.max_body_bytes,
         )
         relay = asyncio.create_task(self._relay(scope, reader, progress.send))
         reading = asyncio.create_task(reader.run())
@@ -181,14 +181,17 @@ class HttpProxy:
         except asyncio.CancelledError:
             if progress.complete or not relay.cancelled() or _is_cancelling():
                 raise
-            if reader.stalled and not progress.started:
+            if not progress.started and reader.too_large:
+                await send_plain_text(send, 413, "the request body is larger than allowed")
+            elif not progress.started and reader.stalled:
                 await send_plain_text(send, 504, "the app stopped reading the request body")
         finally:
             reading.cancel()
 
     async def _relay(self, scope: Scope, reader: RequestReader, send: Send) -> None:
+        request_id = _header(scope["headers"], b"x-request-id") or uuid.uuid4().hex.encode()
         try:
-            response = await self._send_request(scope, reader)
+            response = await self._send_request(scope, reader, request_id)
         except TimeoutError:
             await send_plain_text(send, 504, "the app did not answer in time")
             return
@@ -199,19 +202,18 @@ class HttpProxy:
             await send_plain_text(send, 502, "the app closed the connection or answered malformed")
             return
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": create_client_headers(response.raw_headers, date=http_date.now()),
-                }
+            headers = create_client_headers(
+                response.raw_headers,
+                date=http_date.now(),
+                request_id=request_id,
+                upstream_origins=self._origins,
             )
-            try:
-                async for chunk in response.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except aiohttp.ClientError as error:
-                raise UpstreamBroke(f"the app's response broke off: {error!r}") from error
-            await send({"type": "http.response.body", "body": b""})
+            target = response.headers.get("X-Accel-Redirect")
+            if target is not None and self.accel_redirect is not None:
+                response.close()  # the app authorised; offload sends the file
+                await self.accel_redirect(target, scope, reader.receive_disconnect, send, headers)
+            else:
+                await self._stream_response(scope, response, headers, send)
         finally:
             # an unfinished body leaves the connection mid-message: it cannot go back to the pool
             if response.content.at_eof():
@@ -219,39 +221,84 @@ class HttpProxy:
             else:
                 response.close()
 
-    async def _send_request(self, scope: Scope, reader: RequestReader) -> aiohttp.ClientResponse:
-        """The app's response head. The read timeout counts from the end of the request body,
-        so a slow upload is not mistaken for a slow app."""
-        assert self._session is not None, "HttpProxy.start() runs in the lifespan"
+    async def _stream_response(
+        self, scope: Scope, response: aiohttp.ClientResponse, headers: list[Header], send: Send
+    ) -> None:
+        coding = self.settings.compress and encode.choose_coding(
+            accept_encoding=_text_header(scope["headers"], b"accept-encoding"),
+            method=scope["method"],
+            status=response.status,
+            headers=headers,
+        )
+        encoder = None
+        if coding:
+            encoder = encode.StreamEncoder(coding, flush_each=encode.is_live_stream(headers))
+            headers = encode.compressed_headers(headers, coding)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        try:
+            async for chunk in response.content.iter_any():
+                data = encoder.feed(chunk) if encoder else chunk
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+        except aiohttp.ClientError as error:
+            raise UpstreamBroke(f"the app's response broke off: {error!r}") from error
+        await send({"type": "http.response.body", "body": encoder.finish() if encoder else b""})
+
+    async def _send_request(
+        self, scope: Scope, reader: RequestReader, request_id: bytes
+    ) -> aiohttp.ClientResponse:
+        """The app's response head. A refused connection is retried for up to the connect
+        timeout (the app may be restarting); nothing is sent then, so even a POST is safe.
+        aiohttp itself retries an idempotent request without a body once when a pooled
+        connection turns out closed (RFC 9112 §9.3.1)."""
+        deadline = time.monotonic() + self.settings.connect_timeout_seconds
+        pause = CONNECT_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await self._attempt(scope, reader, request_id)
+            except aiohttp.ClientConnectorError:
+                if time.monotonic() + pause > deadline or reader.disconnected.is_set():
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, CONNECT_RETRY_MAX_SECONDS)
+
+    async def _attempt(
+        self, scope: Scope, reader: RequestReader, request_id: bytes
+    ) -> aiohttp.ClientResponse:
+        """One try. The read timeout counts from the end of the request body, so a slow upload
+        is not mistaken for a slow app."""
+        client = scope.get("client")
+        peer = client[0] if client else None
         headers = create_upstream_headers(
             scope["headers"],
-            client_host=scope["client"][0] if scope.get("client") else None,
+            client_host=peer,
             scheme=scope.get("scheme", "http"),
-            request_id=uuid.uuid4().hex,
+            request_id=request_id.decode("latin-1"),
+            trusted=is_trusted(peer, self.settings.trusted_proxies),
         )
-        request = self._session.request(
+        request = self.session.request(
             scope["method"],
-            URL(self.base_url + _raw_target(scope), encoded=True),
-            headers=CIMultiDict(_as_text(header) for header in headers),
+            URL(self.upstream.base_url + raw_target(scope), encoded=True),
+            headers=as_text_headers(headers),
             data=reader.chunks() if _has_body(scope["headers"]) else None,
             allow_redirects=False,
         )
-        connection = _UpstreamConnection()
-        token = _CURRENT_CONNECTION.set(connection)  # the task below copies this context
+        connection = UpstreamConnection()
+        token = CURRENT_CONNECTION.set(connection)  # the task below copies this context
         try:
             sending = asyncio.ensure_future(request)
         finally:
-            _CURRENT_CONNECTION.reset(token)
+            CURRENT_CONNECTION.reset(token)
         try:
             body_sent = asyncio.ensure_future(reader.body_complete.wait())
             await asyncio.wait((sending, body_sent), return_when=asyncio.FIRST_COMPLETED)
             body_sent.cancel()
-            async with asyncio.timeout(self.read_timeout_seconds):
+            async with asyncio.timeout(self.settings.read_timeout_seconds):
                 return await sending
         finally:
             if not sending.done():
                 sending.cancel()
-                connection.abort()
+                connection.reset()
 
 
 class _ResponseProgress:
@@ -275,7 +322,7 @@ def _is_cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _raw_target(scope: Scope) -> str:
+def raw_target(scope: Scope) -> str:
     """The client's request target byte for byte: raw path and query, never re-encoded."""
     raw_path: bytes | None = scope.get("raw_path")
     path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
@@ -285,15 +332,31 @@ def _raw_target(scope: Scope) -> str:
     return target if target.isascii() else quote(target, safe="".join(map(chr, range(33, 127))))
 
 
+def _header(headers: list[Header], name: bytes) -> bytes | None:
+    return next((value for key, value in headers if key == name), None)
+
+
+def _text_header(headers: list[Header], name: bytes) -> str | None:
+    values = [value.decode("latin-1") for key, value in headers if key == name]
+    return ", ".join(values) if values else None
+
+
+def _declared_length(headers: list[Header]) -> int:
+    length = _header(headers, b"content-length")
+    return int(length) if length is not None and length.strip().isdigit() else 0
+
+
 def _has_body(headers: list[Header]) -> bool:
-    for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
+    return _header(headers, b"transfer-encoding") is not None or _declared_length(headers) > 0
+
+
+def as_text_headers(headers: list[Header]) -> CIMultiDict[str]:
+    """Headers as aiohttp takes them. It writes values as UTF-8, so each is decoded as UTF-8
+    when it is valid (and passes unchanged), else as Latin-1."""
+    return CIMultiDict(_as_text(header) for header in headers)
 
 
 def _as_text(header: Header) -> tuple[str, str]:
-    """aiohttp writes header values as UTF-8: decode so valid UTF-8 passes through unchanged."""
     name, value = header
     try:
         return name.decode("latin-1"), value.decode("utf-8")

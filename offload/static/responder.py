@@ -43,15 +43,29 @@ _BOUNDARY = secrets.token_hex(16)
 class StaticResponder:
     """Answers GET and HEAD from the catalog; `respond` says whether it did."""
 
-    def __init__(self, catalog: Catalog, *, spa: bool = False) -> None:
+    def __init__(
+        self, catalog: Catalog, *, spa: bool = False, internal_prefix: str | None = None
+    ) -> None:
         self.catalog = catalog
         self.spa = spa
+        self.internal_prefix = internal_prefix
 
     async def respond(
-        self, scope: Scope, receive: Receive, send: Send, *, may_rescan: bool = True
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        internal: bool = False,
+        may_rescan: bool = True,
     ) -> bool:
-        """Send the response for ``scope`` and return ``True``, or return ``False`` on a miss."""
+        """Send the response for ``scope`` and return ``True``, or return ``False`` on a miss.
+
+        Paths under the internal prefix miss unless ``internal`` (an X-Accel-Redirect).
+        """
         path: str = scope["path"]
+        if not internal and self._is_internal(path):
+            return False
         generation = self.catalog.generation
         entry = self.catalog.entries.get(path) or self._fallback(path)
         if entry is None:
@@ -69,7 +83,7 @@ class StaticResponder:
             if not may_rescan:
                 return False
             await self.catalog.rescan(unless_newer_than=generation)
-            return await self.respond(scope, receive, send, may_rescan=False)
+            return await self.respond(scope, receive, send, internal=internal, may_rescan=False)
         # uvicorn drops what is sent after a disconnect: stop reading the file instead
         disconnected = asyncio.create_task(_wait_for_disconnect(receive))
         try:
@@ -78,6 +92,10 @@ class StaticResponder:
             disconnected.cancel()
             os.close(fd)
         return True
+
+    def _is_internal(self, path: str) -> bool:
+        prefix = self.internal_prefix
+        return prefix is not None and (path.startswith(prefix) or path == prefix.rstrip("/"))
 
     def _fallback(self, path: str) -> Asset | Redirect | None:
         """``--spa``: a navigation path without a file extension gets the root index.html."""

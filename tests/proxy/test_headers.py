@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from offload.proxy.headers import (
     connection_options,
     create_client_headers,
     create_upstream_headers,
+    is_trusted,
+    rewrite_location,
 )
 
 
@@ -82,14 +86,71 @@ def test_response_keeps_repeated_headers_and_drops_hop_by_hop() -> None:
         (b"Transfer-Encoding", b"chunked"),
         (b"X-Public", b"yes"),
     ]
-    assert create_client_headers(headers, date=b"now") == [
+    assert create_client_headers(headers, date=b"now", request_id=b"rid") == [
         (b"Set-Cookie", b"a=1"),
         (b"Set-Cookie", b"b=2"),
         (b"X-Public", b"yes"),
         (b"date", b"now"),
+        (b"x-request-id", b"rid"),
     ]
 
 
-def test_response_keeps_the_apps_date() -> None:
-    headers = [(b"Date", b"Sun, 06 Nov 1994 08:49:37 GMT")]
-    assert create_client_headers(headers, date=b"now") == headers
+def test_response_keeps_the_apps_date_and_request_id() -> None:
+    headers = [(b"Date", b"Sun, 06 Nov 1994 08:49:37 GMT"), (b"X-Request-ID", b"app")]
+    assert create_client_headers(headers, date=b"now", request_id=b"rid") == headers
+
+
+def test_response_drops_x_accel_buffering() -> None:
+    headers = [(b"X-Accel-Buffering", b"no")]
+    assert create_client_headers(headers, date=b"d", request_id=b"r") == [
+        (b"date", b"d"),
+        (b"x-request-id", b"r"),
+    ]
+
+
+ORIGINS = (b"http://localhost:3000", b"http://127.0.0.1:3000")
+
+
+@pytest.mark.parametrize(
+    ("location", "rewritten"),
+    [
+        (b"http://localhost:3000/x?y=1", b"/x?y=1"),
+        (b"HTTP://LOCALHOST:3000/x", b"/x"),
+        (b"http://127.0.0.1:3000", b"/"),
+        (b"http://127.0.0.1:3000?q", b"/?q"),
+        (b"http://localhost:30001/x", b"http://localhost:30001/x"),  # another port
+        (b"http://localhost:3000.evil.test/x", b"http://localhost:3000.evil.test/x"),
+        (b"https://example.test/x", b"https://example.test/x"),
+        (b"/already/relative", b"/already/relative"),
+    ],
+)
+def test_location_on_the_apps_origin_becomes_a_path(location: bytes, rewritten: bytes) -> None:
+    assert rewrite_location(location, ORIGINS) == rewritten
+
+
+NETWORKS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted"),
+    [("10.1.2.3", True), ("::1", True), ("11.0.0.1", False), (None, False), ("junk", False)],
+)
+def test_is_trusted(peer: str | None, trusted: bool) -> None:
+    assert is_trusted(peer, NETWORKS) is trusted
+
+
+def test_trusted_peer_keeps_the_chain_and_appends_itself() -> None:
+    headers = [
+        (b"host", b"a.test"),
+        (b"x-forwarded-for", b"1.1.1.1"),
+        (b"x-forwarded-for", b"2.2.2.2"),
+        (b"x-forwarded-proto", b"https"),
+        (b"forwarded", b"for=1.1.1.1"),
+    ]
+    forwarded = create_upstream_headers(
+        headers, client_host="10.1.2.3", scheme="http", request_id="r", trusted=True
+    )
+    assert (b"x-forwarded-for", b"1.1.1.1, 2.2.2.2, 10.1.2.3") in forwarded
+    assert (b"x-forwarded-proto", b"https") in forwarded
+    assert (b"forwarded", b"for=1.1.1.1") in forwarded
+    assert names(forwarded).count(b"x-forwarded-proto") == 1

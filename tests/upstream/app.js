@@ -5,6 +5,7 @@
 
 const crypto = require("node:crypto");
 const http = require("node:http");
+const { attachWebSocketServer, closeRecord } = require("./websocket.js");
 
 const releases = new Map(); // stream id -> function that finishes that stream
 const streamStates = new Map(); // stream id -> "open" | "finished" | "aborted"
@@ -62,6 +63,26 @@ function track(res, id) {
   res.on("close", () => streamStates.set(id, res.writableFinished ? "finished" : "aborted"));
 }
 
+// Server-Sent Events: one event now, one more each time /api/release?id=ID is requested,
+// until the third ends the stream.
+function events(req, res, id) {
+  res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+  let sent = 0;
+  const next = () => {
+    sent += 1;
+    res.write(`id: ${sent}\ndata: ${JSON.stringify({ event: sent, pad: "x".repeat(600) })}\n\n`);
+    if (sent === 3) return res.end();
+    releases.set(id, next);
+  };
+  track(res, id);
+  next();
+}
+
+function bigJson(res, extraHeaders) {
+  const items = Array.from({ length: 500 }, (_, n) => ({ id: n, name: `item number ${n}` }));
+  json(res, 200, { items }, extraHeaders);
+}
+
 function release(res, id) {
   const finish = releases.get(id);
   releases.delete(id);
@@ -115,6 +136,31 @@ const server = http.createServer((req, res) => {
       return setTimeout(() => json(res, 200, { slow: true }), Number(url.searchParams.get("ms")));
     case "/api/download":
       return download(res, Number(url.searchParams.get("bytes")));
+    case "/api/events":
+      return events(req, res, id);
+    case "/api/big-json":
+      return bigJson(res, {});
+    case "/api/big-json-no-transform":
+      return bigJson(res, { "cache-control": "no-transform" });
+    case "/api/small-json":
+      return json(res, 200, { ok: true });
+    case "/api/precompressed":
+      res.writeHead(200, { "content-type": "application/json", "content-encoding": "gzip" });
+      return res.end(require("node:zlib").gzipSync(JSON.stringify({ already: "compressed" })));
+    case "/api/accel": {
+      const headers = {
+        "x-accel-redirect": url.searchParams.get("to") || "/protected/report.txt",
+        "content-disposition": 'attachment; filename="report.txt"',
+        "set-cookie": "downloaded=1; Path=/",
+      };
+      res.writeHead(200, headers);
+      return res.end("the app's own body, never sent");
+    }
+    case "/api/redirect":
+      res.writeHead(302, { location: `http://127.0.0.1:${server.address().port}/api/echo?from=redirect` });
+      return res.end();
+    case "/api/ws-close":
+      return json(res, 200, closeRecord(id) || {});
     case "/api/malformed":
       return req.socket.end("HTTP/1.1 ???\r\n\r\n");
     default:
@@ -122,7 +168,12 @@ const server = http.createServer((req, res) => {
   }
 });
 
-server.listen(Number(process.env.PORT || 0), process.env.HOST || "127.0.0.1", () => {
-  console.log(`listening ${server.address().port}`);
-});
+attachWebSocketServer(server);
+if (process.env.SOCKET) {
+  server.listen(process.env.SOCKET, () => console.log(`listening ${process.env.SOCKET}`));
+} else {
+  server.listen(Number(process.env.PORT || 0), process.env.HOST || "127.0.0.1", () => {
+    console.log(`listening ${server.address().port}`);
+  });
+}
 for (const signal of ["SIGTERM", "SIGINT"]) process.on(signal, () => process.exit(0));

@@ -1,0 +1,142 @@
+"""The WebSocket bridge: a client's upgrade becomes a WebSocket to the app on the shared session.
+Text and binary frames pass both ways, the subprotocol the app chose is the one the client gets,
+and a close on either side — code and reason — closes the other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import aiohttp
+from starlette.types import Message, Receive, Scope, Send
+from yarl import URL
+
+from offload.proxy.headers import Header, create_upstream_headers, is_trusted
+from offload.proxy.http import HttpProxy, as_text_headers, raw_target
+from offload.responses import http_date
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # uvicorn's own limit for the client side
+CLOSE_TIMEOUT_SECONDS = 5.0
+# Chosen by aiohttp for the upstream handshake; the client's would be wrong or doubled.
+_HANDSHAKE_HEADERS = frozenset(
+    {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions"}
+    | {b"sec-websocket-protocol"}
+)
+# RFC 6455 §7.4.1: 1005 and 1006 describe a close, they are never sent in one.
+_UNSENDABLE = {1005: 1000, 1006: 1001}
+_APP_FAILED = 1011
+
+
+class WebSocketBridge:
+    """Bridges one client WebSocket to the app, through the proxy's session."""
+
+    def __init__(self, proxy: HttpProxy) -> None:
+        self.proxy = proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            upstream = await self._connect(scope)
+        except aiohttp.WSServerHandshakeError as error:
+            await _refuse(scope, send, error.status if error.status >= 400 else 502)
+            return
+        except (aiohttp.ClientError, TimeoutError):
+            await _refuse(scope, send, 502)
+            return
+        try:
+            await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
+            await _bridge(receive, send, upstream)
+        finally:
+            await upstream.close()
+
+    async def _connect(self, scope: Scope) -> aiohttp.ClientWebSocketResponse:
+        client = scope.get("client")
+        peer = client[0] if client else None
+        headers = create_upstream_headers(
+            [header for header in scope["headers"] if header[0] not in _HANDSHAKE_HEADERS],
+            client_host=peer,
+            scheme="https" if scope.get("scheme") == "wss" else "http",
+            request_id=uuid.uuid4().hex,
+            trusted=is_trusted(peer, self.proxy.settings.trusted_proxies),
+        )
+        url = "ws" + self.proxy.upstream.base_url.removeprefix("http") + raw_target(scope)
+        async with asyncio.timeout(self.proxy.settings.read_timeout_seconds):
+            return await self.proxy.session.ws_connect(
+                URL(url, encoded=True),
+                protocols=scope.get("subprotocols") or (),
+                headers=as_text_headers(headers),
+                autoclose=False,
+                autoping=True,
+                max_msg_size=MAX_MESSAGE_BYTES,
+            )
+
+
+async def _bridge(receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    """Pump both ways until either side closes; the other pump is then cancelled."""
+    pumps = {
+        asyncio.create_task(_client_to_app(receive, upstream)),
+        asyncio.create_task(_app_to_client(upstream, send)),
+    }
+    try:
+        done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+    for pump in done:
+        pump.result()  # a failure in a pump is a failure of the bridge
+
+
+async def _client_to_app(receive: Receive, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.receive":
+            if message.get("text") is not None:
+                await upstream.send_str(message["text"])
+            else:
+                await upstream.send_bytes(message.get("bytes") or b"")
+        elif message["type"] == "websocket.disconnect":
+            code = int(message.get("code") or 1005)
+            reason = (message.get("reason") or "").encode()
+            with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                    await upstream.close(code=_UNSENDABLE.get(code, code), message=reason)
+            return
+
+
+async def _app_to_client(upstream: aiohttp.ClientWebSocketResponse, send: Send) -> None:
+    while True:
+        message = await upstream.receive()
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await send({"type": "websocket.send", "text": message.data})
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await send({"type": "websocket.send", "bytes": message.data})
+        elif message.type == aiohttp.WSMsgType.CLOSE:
+            code, reason = int(message.data), message.extra or ""
+            await send(_close_message(_UNSENDABLE.get(code, code), reason))
+            return
+        else:  # the app's connection failed or closed without a close frame
+            await send(_close_message(_APP_FAILED, "the app's connection ended"))
+            return
+
+
+def _close_message(code: int, reason: str) -> Message:
+    return {"type": "websocket.close", "code": code, "reason": reason}
+
+
+async def _refuse(scope: Scope, send: Send, status: int) -> None:
+    """The handshake failed at the app: pass its status when the server can (the ASGI
+    ``websocket.http.response`` extension), else refuse (uvicorn answers 403)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send(_close_message(1008, ""))
+        return
+    body = f"the app refused the WebSocket ({status})\n".encode()
+    headers: list[Header] = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"date", http_date.now()),
+    ]
+    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
