@@ -16,8 +16,7 @@ from tests.servers import FIXTURES, NodeApp, Offload, run_offload, start_node_ap
 def node_app() -> Iterator[NodeApp]:
     app = start_node_app()
     yield app
-    app.process.terminate()
-    app.process.wait(timeout=10)
+    app.stop()
 
 
 @pytest.fixture(scope="session")

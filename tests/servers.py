@@ -34,25 +34,33 @@ def free_port() -> int:
 class NodeApp:
     process: subprocess.Popen[str]
     port: int
+    socket_path: str | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"unix:{self.socket_path}" if self.socket_path else f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
 
 
-def start_node_app() -> NodeApp:
+def start_node_app(*, port: int = 0, socket_path: str | None = None) -> NodeApp:
+    """The Node test app on a loopback port (0: any free one) or a Unix socket."""
+    where = {"SOCKET": socket_path} if socket_path else {"PORT": str(port)}
     process = subprocess.Popen(
         ["node", str(UPSTREAM_APP)],
-        env={**os.environ, "PORT": "0"},
+        env={**os.environ, **where},
         stdout=subprocess.PIPE,
         text=True,
     )
     assert process.stdout is not None
-    line = process.stdout.readline()  # "listening <port>", printed once the socket is bound
+    line = process.stdout.readline()  # "listening <port or path>", once the socket is bound
     if not line.startswith("listening "):
         process.kill()
         raise RuntimeError(f"the Node test app did not start: {line!r}")
-    return NodeApp(process=process, port=int(line.split()[1]))
+    bound = line.split()[1]
+    return NodeApp(process, port=0 if socket_path else int(bound), socket_path=socket_path)
 
 
 @dataclass
@@ -138,6 +146,13 @@ def raw_request(port: int, request: bytes) -> RawResponse:
 def raw_get(port: int, target: str, *headers: str) -> RawResponse:
     lines = [f"GET {target} HTTP/1.1", "Host: offload.test", "Connection: close", *headers]
     return raw_request(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+
+def peak_rss_bytes(process: subprocess.Popen[bytes]) -> int:
+    """The high-water mark of a process's resident memory (Linux /proc/PID/status VmHWM)."""
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 TCP_TIME_WAIT = "06"

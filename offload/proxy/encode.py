@@ -53,6 +53,16 @@ def is_live_stream(headers: Sequence[Header]) -> bool:
     )
 
 
+def should_peek(headers: Sequence[Header]) -> bool:
+    """Whether to read the first chunk before deciding: only when the length is unknown and
+    the response is not an event stream, which must not wait for its first event."""
+    values = {name.lower(): value for name, value in headers}
+    return b"content-length" not in values and not (
+        values.get(b"content-type", b"").startswith(b"text/event-stream")
+        or values.get(b"x-accel-buffering", b"").lower() == b"no"
+    )
+
+
 def compressed_headers(headers: Sequence[Header], coding: str) -> list[Header]:
     """The response headers once the body is encoded: no length, the coding, ``Vary``, and a
     weak ETag, since the bytes are no longer the app's (RFC 9110 §8.8.1)."""

@@ -230,11 +230,21 @@ class HttpProxy:
             status=response.status,
             headers=headers,
         )
+        first = b""
+        if coding and encode.should_peek(headers):
+            # no length given: a body that is complete in its first chunk and tiny is not
+            # worth compressing; an event stream is never held back for this
+            first = await response.content.readany()
+            if response.content.at_eof() and len(first) < encode.MIN_COMPRESS_BYTES:
+                coding = None
         encoder = None
         if coding:
             encoder = encode.StreamEncoder(coding, flush_each=encode.is_live_stream(headers))
             headers = encode.compressed_headers(headers, coding)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        if first:
+            data = encoder.feed(first) if encoder else first
+            await send({"type": "http.response.body", "body": data, "more_body": True})
         try:
             async for chunk in response.content.iter_any():
                 data = encoder.feed(chunk) if encoder else chunk
