@@ -211,7 +211,9 @@ class TestStreaming:
                 "GET", f"/api/stream?id={stream_id}", headers={"accept-encoding": "identity"}
             ) as response,
         ):
-            assert next(response.iter_raw()) == b"first\n"
+            chunks = response.iter_raw()  # held: dropping it would close the connection early
+            assert next(chunks) == b"first\n"
+            assert _stream_state(offload, stream_id) == "open"
         # the client's connection is gone mid-response: offload must close the app's side
         assert _wait_for_stream_state(offload, stream_id) == "aborted"
 
@@ -222,16 +224,20 @@ class TestStreaming:
             leaving.stream("GET", f"/api/head-only?id={stream_id}") as response,
         ):
             assert response.headers["content-type"] == "text/event-stream"
+            assert _stream_state(offload, stream_id) == "open"
         # the head arrived, no body yet: offload must still notice the client leaving
         assert _wait_for_stream_state(offload, stream_id) == "aborted"
+
+
+def _stream_state(offload: Offload, stream_id: str) -> str:
+    return str(httpx.get(f"{offload.url}/api/stream-state?id={stream_id}").json()["state"])
 
 
 def _wait_for_stream_state(offload: Offload, stream_id: str) -> str:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        state = httpx.get(f"{offload.url}/api/stream-state?id={stream_id}").json()["state"]
-        if state != "open":
-            return str(state)
+        if (state := _stream_state(offload, stream_id)) != "open":
+            return state
         time.sleep(0.05)
     return "open"
 
