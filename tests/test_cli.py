@@ -83,6 +83,30 @@ def test_switches_and_repeatable_flags_from_the_environment() -> None:
     assert parse_config([], {**environ, "OFFLOAD_SPA": "off"}).spa is False
 
 
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("1024", 1024), ("1K", 1024), ("10M", 10 * 1024**2), ("2gb", 2 * 1024**3)],
+)
+def test_max_body_size_takes_suffixes(text: str, size: int) -> None:
+    config = parse_config(["--upstream", "localhost:3000", "--max-body-size", text], {})
+    assert config.max_body_bytes == size
+
+
+def test_proxy_flags_from_the_environment() -> None:
+    environ = {
+        "OFFLOAD_UPSTREAM": "unix:/run/app.sock",
+        "OFFLOAD_TRUSTED_PROXIES": "10.0.0.0/8, ::1",
+        "OFFLOAD_NO_COMPRESS_PROXIED": "yes",
+        "OFFLOAD_UPSTREAM_MAX_CONNECTIONS": "32",
+    }
+    config = parse_config([], environ)
+    assert config.trusted_proxies == ("10.0.0.0/8", "::1")
+    assert config.compress_proxied is False
+    assert config.upstream_max_connections == 32
+    assert config.upstream_address is not None
+    assert config.upstream_address.unix_path == "/run/app.sock"
+
+
 def test_empty_environment_variable_counts_as_unset() -> None:
     config = parse_config(["--static", str(FIXTURES)], {"OFFLOAD_UPSTREAM": "", "OFFLOAD_PORT": ""})
     assert config.upstream is None
@@ -119,6 +143,11 @@ def test_defaults_match_the_design_card() -> None:
         (["--static", str(FIXTURES), "--upstream", "localhost:3000", "--spa"], {}, "--spa"),
         (["--upstream", "localhost:3000", "--spa"], {}, "--spa"),
         (["--static", str(FIXTURES)], {"OFFLOAD_SPA": "maybe"}, "OFFLOAD_SPA 'maybe'"),
+        (["--upstream", "localhost:3000", "--max-body-size", "ten"], {}, "--max-body-size 'ten'"),
+        (["--upstream", "localhost:3000", "--trusted-proxies", "10.0.0.0/33"], {}, "--trusted"),
+        (["--upstream", "localhost:3000", "--trusted-proxies", "nope"], {}, "'nope'"),
+        (["--static", str(FIXTURES), "--internal-prefix", "protected"], {}, "--internal-prefix"),
+        (["--upstream", "a:1", "--upstream-max-connections", "-1"], {}, "--upstream-max-conn"),
     ],
 )
 def test_bad_setting_exits_2_with_one_line_naming_it(

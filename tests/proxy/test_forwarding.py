@@ -23,6 +23,7 @@ from tests.servers import (
     free_port,
     raw_get,
     raw_request,
+    run_offload,
     start_node_app,
     tcp_states_towards,
 )
@@ -318,3 +319,86 @@ def _json_body(body: bytes) -> dict[str, Any]:
     start, end = body.index(b"{"), body.rindex(b"}") + 1
     result: dict[str, Any] = json.loads(body[start:end])
     return result
+
+
+class TestLimitsAndTrust:
+    def test_declared_body_over_the_limit_is_413_before_the_app_sees_it(
+        self, node_app: NodeApp, start_offload: Callable[..., Offload]
+    ) -> None:
+        server = start_offload("--upstream", node_app.address, "--max-body-size", "1K")
+        assert httpx.post(server.url + "/api/echo", content=b"x" * 1024).status_code == 200
+        response = httpx.post(server.url + "/api/echo", content=b"x" * 1025)
+        assert response.status_code == 413
+        assert "larger than allowed" in response.text
+
+    def test_chunked_body_crossing_the_limit_is_413(
+        self, node_app: NodeApp, start_offload: Callable[..., Offload]
+    ) -> None:
+        server = start_offload("--upstream", node_app.address, "--max-body-size", "1M")
+
+        def pieces() -> Iterator[bytes]:
+            for _ in range(4):
+                yield b"x" * 512 * 1024
+
+        response = httpx.post(server.url + "/api/echo", content=pieces())
+        assert response.status_code == 413
+
+    def test_trusted_proxy_keeps_the_chain(
+        self, node_app: NodeApp, start_offload: Callable[..., Offload]
+    ) -> None:
+        server = start_offload("--upstream", node_app.address, "--trusted-proxies", "127.0.0.0/8")
+        headers = {"x-forwarded-for": "203.0.113.7", "x-forwarded-proto": "https"}
+        echo = httpx.get(server.url + "/api/echo", headers=headers).json()
+        assert app_header_values(echo, "x-forwarded-for") == ["203.0.113.7, 127.0.0.1"]
+        assert app_header_values(echo, "x-forwarded-proto") == ["https"]
+
+    def test_request_id_is_echoed_to_the_client(self, client: httpx.Client) -> None:
+        response = client.get("/api/echo", headers={"x-request-id": "trace-me"})
+        assert response.headers["x-request-id"] == "trace-me"
+        generated = client.get("/api/echo")
+        sent = app_header_values(generated.json(), "x-request-id")
+        assert [generated.headers["x-request-id"]] == sent
+
+    def test_location_on_the_apps_own_origin_is_rewritten(self, client: httpx.Client) -> None:
+        response = client.get("/api/redirect")
+        assert response.status_code == 302
+        assert response.headers["location"] == "/api/echo?from=redirect"
+
+
+@pytest.fixture(scope="module")
+def accel(node_app: NodeApp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Offload]:
+    root = tmp_path_factory.mktemp("accel")
+    (root / "protected").mkdir()
+    (root / "protected" / "report.txt").write_bytes(b"0123456789" * 100)
+    (root / "public.txt").write_bytes(b"public")
+    internal = ("--internal-prefix", "/protected/")
+    with run_offload("--upstream", node_app.address, "--static", root, *internal) as server:
+        yield server
+
+
+class TestAccelRedirect:
+    def test_app_hands_the_file_to_offload(self, accel: Offload) -> None:
+        response = httpx.get(accel.url + "/api/accel")
+        assert response.status_code == 200
+        assert response.content == b"0123456789" * 100
+        assert response.headers["content-disposition"] == 'attachment; filename="report.txt"'
+        assert response.headers["set-cookie"] == "downloaded=1; Path=/"
+        assert response.headers["content-type"] == "text/plain; charset=utf-8"
+        assert "x-accel-redirect" not in response.headers
+
+    def test_hand_off_honours_ranges_and_conditionals(self, accel: Offload) -> None:
+        ranged = httpx.get(accel.url + "/api/accel", headers={"range": "bytes=0-9"})
+        assert ranged.status_code == 206
+        assert ranged.content == b"0123456789"
+        etag = httpx.get(accel.url + "/api/accel").headers["etag"]
+        cached = httpx.get(accel.url + "/api/accel", headers={"if-none-match": etag})
+        assert cached.status_code == 304
+
+    def test_internal_files_are_not_served_directly(self, accel: Offload) -> None:
+        response = httpx.get(accel.url + "/protected/report.txt")
+        assert response.json() == {"app": True, "method": "GET", "url": "/protected/report.txt"}
+        assert httpx.get(accel.url + "/public.txt").content == b"public"
+
+    def test_hand_off_to_a_missing_file_is_404(self, accel: Offload) -> None:
+        response = httpx.get(accel.url + "/api/accel?to=/protected/missing.txt")
+        assert response.status_code == 404
