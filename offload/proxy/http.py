@@ -163,10 +163,15 @@ class HttpProxy:
             await send_plain_text(send, 413, "the request body is larger than allowed")
             return
         progress = _ResponseProgress(send)
+        task = asyncio.current_task()
+        assert task is not None
+        aborted = False
 
         def cancel_unless_complete() -> None:
-            if not progress.complete:
-                relay.cancel()  # the client went away, or the body must not go on
+            nonlocal aborted
+            if not progress.complete and not aborted:
+                aborted = True  # the client went away, or the body must not go on
+                task.cancel()
 
         reader = RequestReader(
             receive,
@@ -174,13 +179,15 @@ class HttpProxy:
             stall_timeout_seconds=self.settings.read_timeout_seconds,
             max_body_bytes=self.settings.max_body_bytes,
         )
-        relay = asyncio.create_task(self._relay(scope, reader, progress.send))
         reading = asyncio.create_task(reader.run())
         try:
-            await relay
+            await self._relay(scope, reader, progress.send)
         except asyncio.CancelledError:
-            if progress.complete or not relay.cancelled() or _is_cancelling():
+            # the relay runs in this task (a task less per request); a cancel that is not
+            # the reader's own, such as server shutdown, goes on up
+            if not aborted or task.cancelling() > 1:
                 raise
+            task.uncancel()
             if not progress.started and reader.too_large:
                 await send_plain_text(send, 413, "the request body is larger than allowed")
             elif not progress.started and reader.stalled:
@@ -224,11 +231,16 @@ class HttpProxy:
     async def _stream_response(
         self, scope: Scope, response: aiohttp.ClientResponse, headers: list[Header], send: Send
     ) -> None:
-        coding = self.settings.compress and encode.choose_coding(
-            accept_encoding=_text_header(scope["headers"], b"accept-encoding"),
-            method=scope["method"],
-            status=response.status,
-            headers=headers,
+        accept_encoding = _text_header(scope["headers"], b"accept-encoding")
+        coding = (
+            self.settings.compress
+            and accept_encoding is not None
+            and encode.choose_coding(
+                accept_encoding=accept_encoding,
+                method=scope["method"],
+                status=response.status,
+                headers=headers,
+            )
         )
         first = b""
         if coding and encode.should_peek(headers):
@@ -286,29 +298,35 @@ class HttpProxy:
             request_id=request_id.decode("latin-1"),
             trusted=is_trusted(peer, self.settings.trusted_proxies),
         )
+        data = reader.chunks() if _has_body(scope["headers"]) else None
         request = self.session.request(
             scope["method"],
             URL(self.upstream.base_url + raw_target(scope), encoded=True),
             headers=as_text_headers(headers),
-            data=reader.chunks() if _has_body(scope["headers"]) else None,
+            data=data,
             allow_redirects=False,
         )
+        if data is None:  # the common case, kept lean: nothing can be left half-sent
+            async with asyncio.timeout(self.settings.read_timeout_seconds):
+                return await request
         connection = UpstreamConnection()
-        token = CURRENT_CONNECTION.set(connection)  # the task below copies this context
+        token = CURRENT_CONNECTION.set(connection)  # aiohttp's connect, run below, records to it
         try:
+            # a body still arriving: the timeout starts once it is all sent
             sending = asyncio.ensure_future(request)
+            try:
+                body_sent = asyncio.ensure_future(reader.body_complete.wait())
+                await asyncio.wait((sending, body_sent), return_when=asyncio.FIRST_COMPLETED)
+                body_sent.cancel()
+                async with asyncio.timeout(self.settings.read_timeout_seconds):
+                    return await sending
+            finally:
+                sending.cancel()
+        except BaseException:
+            connection.reset()  # given up before the head: never leave it half-sent
+            raise
         finally:
             CURRENT_CONNECTION.reset(token)
-        try:
-            body_sent = asyncio.ensure_future(reader.body_complete.wait())
-            await asyncio.wait((sending, body_sent), return_when=asyncio.FIRST_COMPLETED)
-            body_sent.cancel()
-            async with asyncio.timeout(self.settings.read_timeout_seconds):
-                return await sending
-        finally:
-            if not sending.done():
-                sending.cancel()
-                connection.reset()
 
 
 class _ResponseProgress:
@@ -325,11 +343,6 @@ class _ResponseProgress:
         elif not message.get("more_body", False):
             self.complete = True
         await self._send(message)
-
-
-def _is_cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def raw_target(scope: Scope) -> str:
