@@ -40,6 +40,7 @@ class Case:
     name: str
     path: str
     accept_encoding: str | None = None
+    connections: int = 64
 
 
 CASES = (
@@ -80,6 +81,13 @@ def write_fixtures(root: Path) -> None:
     (root / "app.js.br").write_bytes(encode(data, "br", best=True))
     (root / "app.js.gz").write_bytes(encode(data, "gzip", best=True))
     (root / "big.bin").write_bytes(random.Random(11).randbytes(5 * 1024 * 1024))
+
+
+def pinned(core: int) -> list[str]:
+    """The command prefix that runs a process on one core, when the machine has two or more."""
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", str(core)]
+    return []
 
 
 def free_port() -> int:
@@ -126,7 +134,7 @@ http {{
 
 
 def create_servers(root: Path, workdir: Path) -> list[Server]:
-    pin = ["taskset", "-c", "0"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+    pin = pinned(0)
     ports = [free_port() for _ in range(6)]
     environment = {"BENCH_ROOT": str(root), "PYTHONPATH": str(HERE.parent)}
     servers = [
@@ -168,6 +176,8 @@ def create_servers(root: Path, workdir: Path) -> list[Server]:
 def running(servers: list[Server], workdir: Path) -> Iterator[list[Server]]:
     try:
         for server in servers:
+            if not server.command:
+                continue  # started by the caller
             server.process = subprocess.Popen(
                 server.command,
                 env={**os.environ, **server.environment},
@@ -204,7 +214,7 @@ def check(server: Server, case: Case) -> str:
 
 
 def run_wrk(server: Server, case: Case, *, seconds: int, connections: int) -> Sample:
-    pin = ["taskset", "-c", "1"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+    pin = pinned(1)
     # a generous timeout, so a slow server is measured as slow rather than as failing
     command = [*pin, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
     command.append("--latency")
@@ -278,22 +288,19 @@ def ratio(medians: dict[str, Sample], server: str, against: str) -> str:
     return f"{medians[server].requests_per_second / medians[against].requests_per_second:.2f}"
 
 
-RATIO_COLUMNS = ("nginx", "ceiling", "starlette", "servestatic")
-
-
 def report(run: Run) -> str:
-    lines = [f"Machine: {machine()}; wrk -t1 -c{run.connections}; median of rounds.", ""]
-    ratios = " | ".join(f"x {name}" for name in RATIO_COLUMNS)
+    lines = [f"Machine: {machine()}; wrk -t1, connections as named; median of rounds.", ""]
+    ratios = " | ".join(f"x {name}" for name in run.ratio_columns)
     lines.append(f"| case | server | req/s | MB/s | p50 ms | p99 ms | {ratios} | sent |")
-    lines.append("|---|---|---:|---:|---:|---:|" + "---:|" * len(RATIO_COLUMNS) + "---|")
-    for case in CASES:
+    lines.append("|---|---|---:|---:|---:|---:|" + "---:|" * len(run.ratio_columns) + "---|")
+    for case in run.cases:
         medians = {
             server: median_samples(samples)
             for (case_name, server), samples in run.samples.items()
             if case_name == case.name
         }
         for server, sample in medians.items():
-            shown = " | ".join(ratio(medians, server, name) for name in RATIO_COLUMNS)
+            shown = " | ".join(ratio(medians, server, name) for name in run.ratio_columns)
             lines.append(
                 f"| {case.name} | {server} | {sample.requests_per_second:,.0f} "
                 f"| {sample.megabytes_per_second:,.1f} "
@@ -307,7 +314,8 @@ def report(run: Run) -> str:
 
 @dataclass
 class Run:
-    connections: int
+    cases: tuple[Case, ...]
+    ratio_columns: tuple[str, ...]
     samples: dict[tuple[str, str], list[Sample]] = field(default_factory=dict)
     checks: dict[tuple[str, str], str] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
@@ -315,10 +323,10 @@ class Run:
 
 def measure(servers: list[Server], run: Run, *, seconds: int, rounds: int) -> None:
     """Each case, each round, each server in turn: A B C A B C, so drift hits all alike."""
-    for case in CASES:
+    for case in run.cases:
         for _ in range(rounds):
             for server in servers:
-                sample = run_wrk(server, case, seconds=seconds, connections=run.connections)
+                sample = run_wrk(server, case, seconds=seconds, connections=case.connections)
                 run.samples.setdefault((case.name, server.name), []).append(sample)
                 rate = f"{sample.requests_per_second:10,.0f} req/s"
                 print(f"{case.name:14} {server.name:12} {rate}", file=sys.stderr)
@@ -326,23 +334,30 @@ def measure(servers: list[Server], run: Run, *, seconds: int, rounds: int) -> No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--suite", choices=("static", "proxy", "all"), default="all")
     parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case")
-    parser.add_argument("--connections", type=int, default=64)
     arguments = parser.parse_args(argv)
     if not shutil.which("wrk"):
-        print(
-            "wrk is missing: apt-get install wrk nginx libnginx-mod-http-brotli-static",
-            file=sys.stderr,
-        )
+        print("wrk is missing: bench/run.sh installs it with nginx", file=sys.stderr)
         return 1
+    if arguments.suite in ("static", "all"):
+        print(static_suite(seconds=arguments.seconds, rounds=arguments.rounds), flush=True)
+    if arguments.suite in ("proxy", "all"):
+        from bench.proxy import proxy_suite
+
+        print(proxy_suite(seconds=arguments.seconds, rounds=arguments.rounds), flush=True)
+    return 0
+
+
+def static_suite(*, seconds: int, rounds: int) -> str:
     with tempfile.TemporaryDirectory(prefix="offload-bench-") as temporary:
         root, workdir = Path(temporary, "root"), Path(temporary, "work")
         root.mkdir()
         workdir.mkdir()
         os.chmod(temporary, 0o755)  # nginx's workers run as another user when started as root
         write_fixtures(root)
-        run = Run(connections=arguments.connections)
+        run = Run(cases=CASES, ratio_columns=("nginx", "ceiling", "starlette", "servestatic"))
         with running(create_servers(root, workdir), workdir) as servers:
             time.sleep(2)  # offload builds its variants in the background: let it finish
             run.checks = {
@@ -350,7 +365,6 @@ def main(argv: list[str] | None = None) -> int:
                 for case in CASES
                 for server in servers
             }
-            measure(servers, run, seconds=arguments.seconds, rounds=arguments.rounds)
+            measure(servers, run, seconds=seconds, rounds=rounds)
             run.peak_rss_mb = {server.name: peak_rss_mb(server) for server in servers}
-    print(report(run))
-    return 0
+    return report(run)
