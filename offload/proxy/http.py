@@ -4,8 +4,8 @@ the way in, optional compression on the way out, and upstream failures mapped to
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -13,17 +13,22 @@ from urllib.parse import quote
 import aiohttp
 from multidict import CIMultiDict
 from starlette.types import Message, Receive, Scope, Send
-from yarl import URL
 
 from offload.config import Upstream
 from offload.proxy import encode
-from offload.proxy.client import CURRENT_CONNECTION, UpstreamConnection, create_session
+from offload.proxy.client import POOL_KEEPALIVE_SECONDS, create_session
 from offload.proxy.headers import (
     Header,
     Network,
     create_client_headers,
     create_upstream_headers,
     is_trusted,
+)
+from offload.proxy.upstream import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamRefused,
+    UpstreamResponse,
 )
 from offload.responses import http_date, send_plain_text
 
@@ -68,6 +73,7 @@ class RequestReader:
         on_abort: Callable[[], object],
         stall_timeout_seconds: float,
         max_body_bytes: int | None,
+        has_body: bool = True,
     ) -> None:
         self._receive = receive
         self._on_abort = on_abort
@@ -76,6 +82,8 @@ class RequestReader:
         self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=BODY_QUEUE_CHUNKS)
         self._received_bytes = 0
         self.body_complete = asyncio.Event()
+        if not has_body:  # nothing to hand over: only the disconnect is waited for
+            self.body_complete.set()
         self.disconnected = asyncio.Event()
         self.stalled = False
         self.too_large = False
@@ -139,14 +147,23 @@ class HttpProxy:
         self.settings = settings
         self.accel_redirect = accel_redirect
         self._origins = tuple(origin.encode() for origin in upstream.origins)
+        self._host = str(upstream).encode() if upstream.unix_path is None else b"localhost"
         self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session the WebSocket bridge uses."""
         assert self._session is not None, "HttpProxy.start() runs in the lifespan"
         return self._session
 
     async def start(self) -> None:
+        self._pool = UpstreamPool(
+            self.upstream,
+            connect_timeout_seconds=self.settings.connect_timeout_seconds,
+            max_connections=self.settings.max_connections,
+            keepalive_seconds=POOL_KEEPALIVE_SECONDS,
+        )
         self._session = create_session(
             self.upstream,
             connect_timeout_seconds=self.settings.connect_timeout_seconds,
@@ -154,6 +171,9 @@ class HttpProxy:
         )
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -178,6 +198,7 @@ class HttpProxy:
             on_abort=cancel_unless_complete,
             stall_timeout_seconds=self.settings.read_timeout_seconds,
             max_body_bytes=self.settings.max_body_bytes,
+            has_body=_has_body(scope["headers"]),
         )
         reading = asyncio.create_task(reader.run())
         try:
@@ -196,40 +217,38 @@ class HttpProxy:
             reading.cancel()
 
     async def _relay(self, scope: Scope, reader: RequestReader, send: Send) -> None:
-        request_id = _header(scope["headers"], b"x-request-id") or uuid.uuid4().hex.encode()
+        request_id = _header(scope["headers"], b"x-request-id") or _new_request_id()
         try:
             response = await self._send_request(scope, reader, request_id)
         except TimeoutError:
             await send_plain_text(send, 504, "the app did not answer in time")
             return
-        except aiohttp.ClientConnectorError:
+        except UpstreamRefused:
             await send_plain_text(send, 502, "the app refused the connection")
             return
-        except aiohttp.ClientError:
+        except UpstreamError:
             await send_plain_text(send, 502, "the app closed the connection or answered malformed")
             return
         try:
             headers = create_client_headers(
-                response.raw_headers,
+                response.headers,
                 date=http_date.now(),
                 request_id=request_id,
                 upstream_origins=self._origins,
             )
-            target = response.headers.get("X-Accel-Redirect")
+            target = response.header(b"x-accel-redirect")
             if target is not None and self.accel_redirect is not None:
-                response.close()  # the app authorised; offload sends the file
-                await self.accel_redirect(target, scope, reader.receive_disconnect, send, headers)
+                # the app authorised; offload sends the file
+                path = target.decode("latin-1")
+                await self.accel_redirect(path, scope, reader.receive_disconnect, send, headers)
             else:
                 await self._stream_response(scope, response, headers, send)
         finally:
             # an unfinished body leaves the connection mid-message: it cannot go back to the pool
-            if response.content.at_eof():
-                response.release()
-            else:
-                response.close()
+            response.release()
 
     async def _stream_response(
-        self, scope: Scope, response: aiohttp.ClientResponse, headers: list[Header], send: Send
+        self, scope: Scope, response: UpstreamResponse, headers: list[Header], send: Send
     ) -> None:
         accept_encoding = _text_header(scope["headers"], b"accept-encoding")
         coding = (
@@ -242,12 +261,13 @@ class HttpProxy:
                 headers=headers,
             )
         )
+        chunks = response.chunks()
         first = b""
         if coding and encode.should_peek(headers):
             # no length given: a body that is complete in its first chunk and tiny is not
             # worth compressing; an event stream is never held back for this
-            first = await response.content.readany()
-            if response.content.at_eof() and len(first) < encode.MIN_COMPRESS_BYTES:
+            first = await anext(chunks, b"")
+            if response.at_eof and len(first) < encode.MIN_COMPRESS_BYTES:
                 coding = None
         encoder = None
         if coding:
@@ -258,27 +278,27 @@ class HttpProxy:
             data = encoder.feed(first) if encoder else first
             await send({"type": "http.response.body", "body": data, "more_body": True})
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in chunks:
                 data = encoder.feed(chunk) if encoder else chunk
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
-        except aiohttp.ClientError as error:
-            raise UpstreamBroke(f"the app's response broke off: {error!r}") from error
+        except UpstreamError as error:
+            raise UpstreamBroke(f"the app's response broke off: {error}") from error
         await send({"type": "http.response.body", "body": encoder.finish() if encoder else b""})
 
     async def _send_request(
         self, scope: Scope, reader: RequestReader, request_id: bytes
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """The app's response head. A refused connection is retried for up to the connect
         timeout (the app may be restarting); nothing is sent then, so even a POST is safe.
-        aiohttp itself retries an idempotent request without a body once when a pooled
-        connection turns out closed (RFC 9112 §9.3.1)."""
+        The pool retries an idempotent request without a body once when a pooled connection
+        turns out closed (RFC 9112 §9.3.1)."""
         deadline = time.monotonic() + self.settings.connect_timeout_seconds
         pause = CONNECT_RETRY_FIRST_SECONDS
         while True:
             try:
                 return await self._attempt(scope, reader, request_id)
-            except aiohttp.ClientConnectorError:
+            except UpstreamRefused:
                 if time.monotonic() + pause > deadline or reader.disconnected.is_set():
                     raise
             await asyncio.sleep(pause)
@@ -286,9 +306,10 @@ class HttpProxy:
 
     async def _attempt(
         self, scope: Scope, reader: RequestReader, request_id: bytes
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """One try. The read timeout counts from the end of the request body, so a slow upload
         is not mistaken for a slow app."""
+        assert self._pool is not None, "HttpProxy.start() runs in the lifespan"
         client = scope.get("client")
         peer = client[0] if client else None
         headers = create_upstream_headers(
@@ -298,35 +319,26 @@ class HttpProxy:
             request_id=request_id.decode("latin-1"),
             trusted=is_trusted(peer, self.settings.trusted_proxies),
         )
-        data = reader.chunks() if _has_body(scope["headers"]) else None
-        request = self.session.request(
-            scope["method"],
-            URL(self.upstream.base_url + raw_target(scope), encoded=True),
-            headers=as_text_headers(headers),
-            data=data,
-            allow_redirects=False,
+        has_body = _has_body(scope["headers"])
+        chunked = has_body and _header(scope["headers"], b"content-length") is None
+        head = _request_head(scope, headers, host=self._host, chunked=chunked)
+        method: str = scope["method"]
+        request = self._pool.request(
+            method, head, reader.chunks() if has_body else None, chunked=chunked
         )
-        if data is None:  # the common case, kept lean: nothing can be left half-sent
+        if not has_body:  # the common case, kept lean
             async with asyncio.timeout(self.settings.read_timeout_seconds):
                 return await request
-        connection = UpstreamConnection()
-        token = CURRENT_CONNECTION.set(connection)  # aiohttp's connect, run below, records to it
+        # a body still arriving: the timeout starts once it is all sent
+        sending = asyncio.ensure_future(request)
         try:
-            # a body still arriving: the timeout starts once it is all sent
-            sending = asyncio.ensure_future(request)
-            try:
-                body_sent = asyncio.ensure_future(reader.body_complete.wait())
-                await asyncio.wait((sending, body_sent), return_when=asyncio.FIRST_COMPLETED)
-                body_sent.cancel()
-                async with asyncio.timeout(self.settings.read_timeout_seconds):
-                    return await sending
-            finally:
-                sending.cancel()
-        except BaseException:
-            connection.reset()  # given up before the head: never leave it half-sent
-            raise
+            body_sent = asyncio.ensure_future(reader.body_complete.wait())
+            await asyncio.wait((sending, body_sent), return_when=asyncio.FIRST_COMPLETED)
+            body_sent.cancel()
+            async with asyncio.timeout(self.settings.read_timeout_seconds):
+                return await sending
         finally:
-            CURRENT_CONNECTION.reset(token)
+            sending.cancel()
 
 
 class _ResponseProgress:
@@ -355,6 +367,11 @@ def raw_target(scope: Scope) -> str:
     return target if target.isascii() else quote(target, safe="".join(map(chr, range(33, 127))))
 
 
+def _new_request_id() -> bytes:
+    """32 hex digits. A correlation id, not a secret: no system call for randomness needed."""
+    return b"%032x" % random.getrandbits(128)
+
+
 def _header(headers: list[Header], name: bytes) -> bytes | None:
     return next((value for key, value in headers if key == name), None)
 
@@ -371,6 +388,17 @@ def _declared_length(headers: list[Header]) -> int:
 
 def _has_body(headers: list[Header]) -> bool:
     return _header(headers, b"transfer-encoding") is not None or _declared_length(headers) > 0
+
+
+def _request_head(scope: Scope, headers: list[Header], *, host: bytes, chunked: bool) -> bytes:
+    """The request line and headers, as bytes: the client's values go out exactly as received."""
+    lines = [b"%s %s HTTP/1.1" % (scope["method"].encode(), raw_target(scope).encode())]
+    if not any(name.lower() == b"host" for name, _ in headers):
+        lines.append(b"host: " + host)  # an HTTP/1.0 client may send none
+    lines.extend(name + b": " + value for name, value in headers)
+    if chunked:
+        lines.append(b"transfer-encoding: chunked")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def as_text_headers(headers: list[Header]) -> CIMultiDict[str]:
