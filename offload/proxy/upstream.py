@@ -61,6 +61,14 @@ class UpstreamResponse:
         self._error: UpstreamError | None = None
 
     @property
+    def ends_with_connection(self) -> bool:
+        """A response with neither a length nor chunking: its body runs until the close."""
+        if not self.status or self.status in (204, 304):
+            return False
+        names = {name.lower() for name, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
+
+    @property
     def at_eof(self) -> bool:
         return self.complete and not self._chunks
 
@@ -151,8 +159,12 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._can_write.set()
-        if self.response is not None and not self.response.complete:
-            self.response.fail(UpstreamClosed("the app closed the connection"))
+        response = self.response
+        if response is not None and not response.complete:
+            if exc is None and response.ends_with_connection:
+                response.on_message_complete()  # RFC 9112 §6.3: the close ends the body
+            else:
+                response.fail(UpstreamClosed("the app closed the connection"))
         self.pool.forget(self)
 
     def pause_writing(self) -> None:
