@@ -4,6 +4,7 @@ the way in, optional compression on the way out, and upstream failures mapped to
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,16 +33,14 @@ from offload.proxy.upstream import (
 )
 from offload.responses import http_date, send_plain_text
 
+logger = logging.getLogger("offload.proxy")
+
 BODY_QUEUE_CHUNKS = 4
 CONNECT_RETRY_FIRST_SECONDS = 0.05
 CONNECT_RETRY_MAX_SECONDS = 0.5
 
 # serves a path from the static root in place of the app's response (X-Accel-Redirect)
 AccelRedirect = Callable[[str, Scope, Receive, Send, list[Header]], Awaitable[None]]
-
-
-class UpstreamBroke(ConnectionError):
-    """The app's response failed after its head was sent: the client connection must be cut."""
 
 
 @dataclass(frozen=True)
@@ -266,7 +265,11 @@ class HttpProxy:
         if coding and encode.should_peek(headers):
             # no length given: a body that is complete in its first chunk and tiny is not
             # worth compressing; an event stream is never held back for this
-            first = await anext(chunks, b"")
+            try:
+                first = await anext(chunks, b"")
+            except UpstreamError:
+                await send_plain_text(send, 502, "the app's response broke off")
+                return
             if response.at_eof and len(first) < encode.MIN_COMPRESS_BYTES:
                 coding = None
         encoder = None
@@ -283,7 +286,10 @@ class HttpProxy:
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
         except UpstreamError as error:
-            raise UpstreamBroke(f"the app's response broke off: {error}") from error
+            # the head is out: all that is left is to end the connection, short of its length
+            # (returning without the final message makes uvicorn close it)
+            logger.warning("the app's response to %s broke off: %s", scope["path"], error)
+            return
         await send({"type": "http.response.body", "body": encoder.finish() if encoder else b""})
 
     async def _send_request(
@@ -337,6 +343,11 @@ class HttpProxy:
             body_sent.cancel()
             async with asyncio.timeout(self.settings.read_timeout_seconds):
                 return await sending
+        except BaseException:
+            # given up just as the head arrived: that response is nobody's, free its connection
+            if sending.done() and not sending.cancelled() and sending.exception() is None:
+                sending.result().release()
+            raise
         finally:
             sending.cancel()
 

@@ -145,6 +145,7 @@ class _Connection(asyncio.Protocol):
         self._can_write.set()
         self._reading_paused = False
         self._keep_alive = False  # the last response allowed the connection to be reused
+        self._unsolicited = False  # the app sent more than the response it was asked for
         self.sending: asyncio.Task[None] | None = None  # the request body, still going out
         self.reused = False
         self.idle_since = 0.0
@@ -179,27 +180,37 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as error:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
             if self.response is not None:
                 self.response.fail(UpstreamMalformed(f"the app's response is malformed: {error}"))
             self.close()
 
     # -- httptools callbacks ----------------------------------------------------------------
 
+    def _current(self) -> UpstreamResponse | None:
+        """The response these bytes belong to; ``None`` for bytes after it was complete (a
+        second message nobody asked for), which also makes the connection unusable."""
+        if self.response is None or self.response.complete:
+            self._unsolicited = True
+            return None
+        return self.response
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        self.response.on_header(name, value)
+        if (response := self._current()) is not None:
+            response.on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        assert self.response is not None
-        self.response.on_headers_complete(self._parser.get_status_code())
+        if (response := self._current()) is not None:
+            response.on_headers_complete(self._parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response.on_body(body)
+        if (response := self._current()) is not None:
+            response.on_body(body)
 
     def on_message_complete(self) -> None:
-        if self.response is not None and self.response.status:
+        if self._unsolicited:
+            return
+        if self.response is not None and self.response.status and not self.response.complete:
             # read now: once feed_data returns, llhttp has reset and no longer knows
             self._keep_alive = self._parser.should_keep_alive()
             self.response.on_message_complete()
@@ -234,7 +245,7 @@ class _Connection(asyncio.Protocol):
             self.sending.cancel()  # the app answered before taking the whole body
         self.response, self.sending = None, None
         self.resume_reading()
-        if reusable and keep_alive and request_sent and not self.closed:
+        if reusable and keep_alive and request_sent and not self._unsolicited and not self.closed:
             self.pool.give_back(self)
         else:
             self.close()
@@ -323,19 +334,21 @@ class UpstreamPool:
             raise
 
     async def _acquire(self, *, fresh: bool = False) -> _Connection:
-        now = time.monotonic()
-        while self._idle and not fresh:
-            connection = self._idle.pop()
-            if not connection.closed and now - connection.idle_since < self.keepalive_seconds:
-                connection.reused = True
+        while True:
+            if not fresh and (connection := self._take_idle()) is not None:
                 return connection
-            connection.close()
-        while self.max_connections and self._open >= self.max_connections:
+            if not self.max_connections or self._open < self.max_connections:
+                break
+            if fresh and self._idle:
+                self._idle.pop(0).close()  # make room: its slot frees when it has closed
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
-            await waiter
-            if self._idle and not fresh:
-                return await self._acquire()
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, then cancelled: pass the turn on
+                raise
         self._open += 1
         try:
             return await self._connect()
@@ -343,6 +356,16 @@ class UpstreamPool:
             self._open -= 1
             self._wake_one()
             raise
+
+    def _take_idle(self) -> _Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed and now - connection.idle_since < self.keepalive_seconds:
+                connection.reused = True
+                return connection
+            connection.close()
+        return None
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()

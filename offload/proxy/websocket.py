@@ -42,7 +42,10 @@ class WebSocketBridge:
         except aiohttp.WSServerHandshakeError as error:
             await _refuse(scope, send, error.status if error.status >= 400 else 502)
             return
-        except (aiohttp.ClientError, TimeoutError):
+        except TimeoutError:
+            await _refuse(scope, send, 504)
+            return
+        except aiohttp.ClientError:
             await _refuse(scope, send, 502)
             return
         try:

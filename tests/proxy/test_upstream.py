@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
-from tests.servers import Offload
+from tests.servers import NodeApp, Offload
 
 Answer = Callable[[bytes], bytes | None]  # request head -> bytes to send, None to hang up
 
@@ -41,7 +43,10 @@ class RawApp:
             buffered = b""
             while True:
                 while b"\r\n\r\n" not in buffered:
-                    chunk = connection.recv(65536)
+                    try:
+                        chunk = connection.recv(65536)
+                    except OSError:  # offload reset the connection: that is its right
+                        return
                     if not chunk:
                         return
                     buffered += chunk
@@ -132,3 +137,60 @@ def test_response_without_length_ends_with_the_connection(
     until_close = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close"
     server = raw_app(lambda head: until_close, close_after=True)
     assert httpx.get(server.url + "/x").text == "until close"
+
+
+def test_body_breaking_before_its_first_chunk_is_502_when_compressing(
+    raw_app: Callable[..., Offload],
+) -> None:
+    head_only = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = raw_app(lambda head: head_only, close_after=True)
+    response = httpx.get(server.url + "/x", headers={"accept-encoding": "gzip"})
+    assert response.status_code == 502
+    assert "Traceback" not in server.output()
+
+
+def test_a_second_message_the_app_sends_unasked_is_not_merged(
+    raw_app: Callable[..., Offload],
+) -> None:
+    second = b"HTTP/1.1 302 Found\r\nLocation: http://evil.test/\r\nContent-Length: 5\r\n\r\nhello"
+    server = raw_app(lambda head: OK + second)
+    response = httpx.get(server.url + "/x")
+    assert response.status_code == 200
+    assert response.text == "ok"
+    assert "location" not in response.headers
+    assert httpx.get(server.url + "/y").text == "ok"  # on a new connection
+
+
+def test_unsolicited_upgrade_is_502_without_a_traceback(
+    raw_app: Callable[..., Offload],
+) -> None:
+    upgrade = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    server = raw_app(lambda head: upgrade)
+    assert httpx.get(server.url + "/x").status_code == 502
+    assert "Traceback" not in server.output()
+
+
+def test_a_queued_request_whose_client_left_passes_its_turn_on(
+    node_app: NodeApp, start_offload: Callable[..., Offload]
+) -> None:
+    server = start_offload(
+        "--upstream", node_app.address, "--upstream-max-connections", "1", "--read-timeout", "5"
+    )
+    stream_id = uuid.uuid4().hex
+    identity = {"accept-encoding": "identity"}
+    with (
+        httpx.Client(base_url=server.url, timeout=10) as holder,
+        holder.stream("GET", f"/api/stream?id={stream_id}", headers=identity) as held,
+    ):
+        chunks = held.iter_raw()
+        assert next(chunks) == b"first\n"
+        # a second request queues for the only connection, then its client gives up
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.get(server.url + "/api/echo", timeout=0.5)
+        httpx.get(f"http://{node_app.address}/api/release?id={stream_id}")  # past the pool
+        assert b"".join(chunks) == b"last\n"
+    started = time.monotonic()
+    assert httpx.get(server.url + "/api/echo", timeout=10).status_code == 200
+    assert time.monotonic() - started < 2  # not left waiting for a wake-up that was lost
