@@ -1,13 +1,20 @@
-"""create_app(): the public edge. One rule routes every request: canonical path check, then
-the static engine for GET/HEAD of a file, then the app (DESIGN.md, "Routing"). This is the one
-module that sees both the static engine and the proxy, so the X-Accel-Redirect hand-off from
-the app to the static engine lives here too."""
+"""create_app(): the public edge. One rule routes every request: canonical path check, then the
+hooks, then the static engine for GET/HEAD of a file, then the app (DESIGN.md, "Routing"). This
+is the one module that sees both the static engine and the proxy, so the X-Accel-Redirect
+hand-off from the app to the static engine lives here too."""
 
 from __future__ import annotations
 
-from starlette.types import Message, Receive, Scope, Send
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload.config import Config
+from offload.facts import STATE_KEY, RequestFacts, new_request_id, request_facts
+from offload.hooks import Hook, apply_hooks, load_hook
 from offload.proxy.headers import Header
 from offload.proxy.http import HttpProxy, ProxySettings
 from offload.proxy.websocket import WebSocketBridge
@@ -26,9 +33,14 @@ ACCEL_CARRIED_HEADERS = frozenset(
 
 class Edge:
     """The ASGI app offload serves on its public port. Its lifespan scans the static root and
-    starts the watcher, and opens the connection pool to the app; shutdown closes both."""
+    starts the watcher, and opens the connection pool to the app; shutdown closes both.
 
-    def __init__(self, config: Config) -> None:
+    Order for an HTTP or WebSocket request: the path is decoded and checked once (400 for NUL,
+    backslash or dot segments) and `RequestFacts` go on ``scope["state"]["offload"]``; then the
+    hooks, first outermost; then routing. The lifespan does not pass through the hooks.
+    """
+
+    def __init__(self, config: Config, hooks: Sequence[Hook] = (), *, names: Sequence[str] = ()):
         self.config = config
         self.catalog: Catalog | None = None
         self.static: StaticResponder | None = None
@@ -43,34 +55,53 @@ class Edge:
             accel = self._serve_accel_redirect if self.static is not None else None
             self.proxy = HttpProxy(upstream, _proxy_settings(config), accel_redirect=accel)
             self.websocket = WebSocketBridge(self.proxy)
+        self._hooked = apply_hooks(self._route, hooks, names=names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            await self._route(scope, receive, send)
+            await self._enter(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _enter(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the path once, so hooks and routing see the same canonical one."""
         path: str = scope["path"]
         try:
             if not path.startswith("/"):
                 raise BadPath("the path must start with /")
-            scope = {**scope, "path": canonical_path(path)}
+            checked = canonical_path(path)
         except BadPath as error:
             await _refuse(scope, send, error)
             return
+        facts = RequestFacts(
+            path=checked,
+            raw_path=scope.get("raw_path"),
+            request_id=_client_request_id(scope) or new_request_id(),
+        )
+        state = {**scope.get("state", {}), STATE_KEY: facts}
+        await self._hooked({**scope, "path": checked, "state": state}, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        facts = request_facts(scope)
+        if facts is not None and scope["path"] != facts.path:
+            rewritten = _rewritten(scope, facts)  # a hook rewrote the path
+            if rewritten is None:
+                await send_plain_text(send, 400, "a hook rewrote the path to an invalid one")
+                return
+            scope = rewritten
         if scope["type"] == "websocket":
+            _decide(facts, "websocket")
             if self.websocket is not None:
                 await self.websocket(scope, receive, send)
             else:
                 await send({"type": "websocket.close", "code": 1008})
             return
-        if (
-            self.static is not None
-            and scope["method"] in STATIC_METHODS
-            and await self.static.respond(scope, receive, send)
-        ):
-            return
+        if self.static is not None and scope["method"] in STATIC_METHODS:
+            served = await self.static.respond(scope, receive, send)
+            if served is not None:
+                _decide(facts, "static", served)
+                return
+        _decide(facts, "proxy" if self.proxy is not None else None)
         if self.proxy is not None:
             await self.proxy(scope, receive, send)
         else:
@@ -119,6 +150,32 @@ class Edge:
                 return
 
 
+def _client_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _rewritten(scope: Scope, facts: RequestFacts) -> Scope | None:
+    """A hook changed ``path``: check it like the client's, and unless the hook also set
+    ``raw_path``, send the app the new path rather than the client's raw one."""
+    try:
+        path = canonical_path(scope["path"])
+    except BadPath:
+        return None
+    scope = {**scope, "path": path}
+    if scope.get("raw_path") == facts.raw_path:
+        scope["raw_path"] = quote(path).encode()
+    return scope
+
+
+def _decide(facts: RequestFacts | None, route: str | None, served: object = None) -> None:
+    if facts is not None:
+        facts.route = route
+        facts.static_file = getattr(served, "path", None)
+
+
 async def _refuse(scope: Scope, send: Send, error: BadPath) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
@@ -146,10 +203,28 @@ def _proxy_settings(config: Config) -> ProxySettings:
     )
 
 
-def create_app(config: Config) -> Edge:
+def create_app(
+    config: Config | None = None, /, *, hooks: Sequence[Hook | str] = (), **options: Any
+) -> ASGIApp:
     """The edge as an ASGI app, for offload's own server or any other ASGI server.
 
-    >>> app = create_app(Config(static=Path("public"), upstream="localhost:3000"))  # doctest: +SKIP
+    >>> app = create_app(static="public", upstream="localhost:3000", hooks=[security_headers])
     >>> uvicorn.run(app, port=8080)  # doctest: +SKIP
+
+    Options are `Config`'s fields (``static`` may be a string); or pass a `Config`. ``hooks``
+    are callables, or ``"MODULE:ATTR"`` strings as on the command line, added after the
+    config's own. A bad option or hook raises `ConfigError`.
     """
-    return Edge(config)
+    if config is None:
+        if isinstance(options.get("static"), str):
+            options["static"] = Path(options["static"])
+        config = Config(**options)
+    elif options:
+        raise TypeError("pass a Config or options, not both")
+    specs = [*config.hooks, *hooks]
+    loaded = [
+        load_hook(spec, hook_dir=config.hook_dir) if isinstance(spec, str) else spec
+        for spec in specs
+    ]
+    names = [spec if isinstance(spec, str) else repr(spec) for spec in specs]
+    return Edge(config, loaded, names=names)

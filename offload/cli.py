@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class Option:
     switch: bool = False
     switch_value: bool = True
     repeatable: bool = False
+    separator: str = ";"  # between repeated values in the environment variable
 
     @property
     def environment_variable(self) -> str:
@@ -52,7 +54,8 @@ class Option:
                 raise ValueError("is not one of 1, 0, true, false, yes, no, on, off")
             return self.switch_value if text.strip().lower() in _TRUE else not self.switch_value
         if self.repeatable:
-            return tuple(self.parse(part) for part in text.split(";") if part.strip())
+            parts = (part.strip() for part in text.split(self.separator))
+            return tuple(self.parse(part) for part in parts if part)
         return self.parse(text)
 
 
@@ -187,6 +190,16 @@ OPTIONS = (
         _parse_integer("a number of connections"),
     ),
     Option(
+        "--hook",
+        "hooks",
+        "ASGI middleware MODULE:ATTR wrapping the edge, first outermost (repeatable)",
+        "MODULE:ATTR",
+        repeatable=True,
+        separator=",",
+    ),
+    Option("--hook-dir", "hook_dir", "directory hooks are imported from", "DIR", Path),
+    Option("--debug", "debug", "show the traceback when a hook fails to load", switch=True),
+    Option(
         "--spa",
         "spa",
         "static-only single-page app: paths without a file extension get /index.html",
@@ -299,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv, os.environ)
     try:
         serve(config)
-    except ConfigError as error:  # a port in use, an address not on this machine
+    except ConfigError as error:  # a hook that fails, a port in use, an address not here
+        if config.debug and error.__cause__ is not None:
+            traceback.print_exception(error.__cause__)
         fail(f"{OPTION_BY_FIELD[error.setting].flag} {str(error.value)!r}: {error.reason}")
     return 0

@@ -123,6 +123,9 @@ class Config:
     max_body_bytes: int | None = None
     trusted_proxies: tuple[str, ...] = ()
     upstream_max_connections: int = 0
+    hooks: tuple[str, ...] = ()
+    hook_dir: Path | None = None
+    debug: bool = False
 
     def __post_init__(self) -> None:
         if self.upstream is None and self.static is None:
@@ -149,6 +152,8 @@ class Config:
                 raise ConfigError(name, seconds, "must be a positive number of seconds")
         self._check_static_options()
         self._check_proxy_options()
+        if self.hook_dir is not None and not Path(self.hook_dir).is_dir():
+            raise ConfigError("hook_dir", str(self.hook_dir), "is not a directory")
 
     def _check_proxy_options(self) -> None:
         if self.max_body_bytes is not None and self.max_body_bytes < 0:

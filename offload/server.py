@@ -15,6 +15,7 @@ from typing import Literal
 
 import uvicorn
 import uvloop
+from starlette.types import ASGIApp
 
 from offload.admin import admin_app
 from offload.app import create_app
@@ -81,8 +82,10 @@ def _reason(error: OSError) -> str:
     return (error.strerror or str(error)).lower()
 
 
-async def _serve(config: Config, sockets: tuple[socket.socket, socket.socket]) -> None:
-    public = _create_listener(config, create_app(config), port=config.port, lifespan="on")
+async def _serve(
+    config: Config, app: ASGIApp, sockets: tuple[socket.socket, socket.socket]
+) -> None:
+    public = _create_listener(config, app, port=config.port, lifespan="on")
     admin = _create_listener(config, admin_app, port=config.admin_port, lifespan="off")
     listeners = (public, admin)
 
@@ -111,8 +114,9 @@ async def _serve(config: Config, sockets: tuple[socket.socket, socket.socket]) -
 
 
 def serve(config: Config) -> None:
-    """Run offload until a signal stops it. Both ports are bound first, so a port in use is a
-    `ConfigError` before anything starts."""
+    """Run offload until a signal stops it. The hooks are loaded and both ports bound first,
+    so a failing hook or a port in use is a `ConfigError` before anything starts."""
+    app = create_app(config)
     sockets = (
         bind(config.host, config.port, setting="port"),
         bind(config.host, config.admin_port, setting="admin_port"),
@@ -127,4 +131,4 @@ def serve(config: Config) -> None:
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(config, sockets))
+        runner.run(_serve(config, app, sockets))

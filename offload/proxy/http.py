@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from multidict import CIMultiDict
 from starlette.types import Message, Receive, Scope, Send
 
 from offload.config import Upstream
+from offload.facts import new_request_id, request_facts
 from offload.proxy import encode
 from offload.proxy.client import POOL_KEEPALIVE_SECONDS, create_session
 from offload.proxy.headers import (
@@ -216,7 +216,12 @@ class HttpProxy:
             reading.cancel()
 
     async def _relay(self, scope: Scope, reader: RequestReader, send: Send) -> None:
-        request_id = _header(scope["headers"], b"x-request-id") or _new_request_id()
+        facts = request_facts(scope)
+        request_id = (
+            facts.request_id.encode()
+            if facts is not None
+            else _header(scope["headers"], b"x-request-id") or new_request_id().encode()
+        )
         try:
             response = await self._send_request(scope, reader, request_id)
         except TimeoutError:
@@ -376,11 +381,6 @@ def raw_target(scope: Scope) -> str:
     target = f"{path}?{query.decode('latin-1')}" if query else path
     # RFC 3986 allows only ASCII in a target; escape stray bytes rather than re-encode them
     return target if target.isascii() else quote(target, safe="".join(map(chr, range(33, 127))))
-
-
-def _new_request_id() -> bytes:
-    """32 hex digits. A correlation id, not a secret: no system call for randomness needed."""
-    return b"%032x" % random.getrandbits(128)
 
 
 def _header(headers: list[Header], name: bytes) -> bytes | None:

@@ -28,8 +28,10 @@ class Representation:
 
 @dataclass(frozen=True)
 class Asset:
-    """A file under the static root as offload serves it; ``digest`` names its content."""
+    """A file under the static root as offload serves it: ``path`` is its URL path (for a
+    directory index, the index file's), ``digest`` names its content."""
 
+    path: str
     digest: str
     media_type: str
     cache_control: str
@@ -130,7 +132,12 @@ class AssetFacts:
 
 
 def create_asset(
-    facts: AssetFacts, identity: Source, encoded: Mapping[str, Source], *, order: tuple[str, ...]
+    facts: AssetFacts,
+    identity: Source,
+    encoded: Mapping[str, Source],
+    *,
+    order: tuple[str, ...],
+    path: str,
 ) -> Asset:
     """An asset with its representations, encoded ones in the server's preference ``order``."""
     digest = identity.digest
@@ -139,6 +146,7 @@ def create_asset(
         return create_representation(coding, source, asset=facts, identity_digest=digest)
 
     return Asset(
+        path=path,
         digest=digest,
         media_type=facts.media_type,
         cache_control=facts.cache_control,

@@ -276,7 +276,9 @@ class _Scan:
             else self.now,
             negotiable=bool(sidecars) or compress.should_compress(media_type, identity.size),
         )
-        asset = create_asset(facts, identity, sidecars, order=compress.CODINGS_BY_PREFERENCE)
+        asset = create_asset(
+            facts, identity, sidecars, order=compress.CODINGS_BY_PREFERENCE, path=url_path
+        )
         self.entries[url_path] = self.catalog._with_built_variants(asset)
 
     def _sidecars(

@@ -58,30 +58,30 @@ class StaticResponder:
         *,
         internal: bool = False,
         may_rescan: bool = True,
-    ) -> bool:
-        """Send the response for ``scope`` and return ``True``, or return ``False`` on a miss.
+    ) -> Asset | Redirect | None:
+        """Send the response for ``scope`` and return what answered it, or ``None`` on a miss.
 
         Paths under the internal prefix miss unless ``internal`` (an X-Accel-Redirect).
         """
         path: str = scope["path"]
         if not internal and self._is_internal(path):
-            return False
+            return None
         generation = self.catalog.generation
         entry = self.catalog.entries.get(path) or self._fallback(path)
         if entry is None:
-            return False
+            return None
         if isinstance(entry, Redirect):
             await _send_redirect(scope, send, entry)
-            return True
+            return entry
         request = _request_headers(scope["headers"])
         plan = _plan(scope["method"], entry, request)
         if not plan.needs_file:
             await plan.send(send, None, _still_connected)
-            return True
+            return entry
         fd = await _open(self.catalog, plan.representation)
         if fd is None:  # changed on disk before the watcher saw it: describe it anew
             if not may_rescan:
-                return False
+                return None
             await self.catalog.rescan(unless_newer_than=generation)
             return await self.respond(scope, receive, send, internal=internal, may_rescan=False)
         # uvicorn drops what is sent after a disconnect: stop reading the file instead
@@ -91,7 +91,7 @@ class StaticResponder:
         finally:
             disconnected.cancel()
             os.close(fd)
-        return True
+        return entry
 
     def _is_internal(self, path: str) -> bool:
         prefix = self.internal_prefix
