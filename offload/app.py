@@ -97,9 +97,10 @@ class Edge:
                 await send({"type": "websocket.close", "code": 1008})
             return
         if self.static is not None and scope["method"] in STATIC_METHODS:
-            served = await self.static.respond(scope, receive, send)
+            served = await self.static.respond(
+                scope, receive, send, on_hit=lambda entry: _decide(facts, "static", entry)
+            )
             if served is not None:
-                _decide(facts, "static", served)
                 return
         _decide(facts, "proxy" if self.proxy is not None else None)
         if self.proxy is not None:

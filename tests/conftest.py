@@ -37,7 +37,7 @@ def start_offload() -> Iterator[Callable[..., Offload]]:
     """Start an offload with other flags; it stops when the test ends."""
     with contextlib.ExitStack() as stack:
 
-        def start(*arguments: str | Path) -> Offload:
-            return stack.enter_context(run_offload(*arguments))
+        def start(*arguments: str | Path, env: dict[str, str] | None = None) -> Offload:
+            return stack.enter_context(run_offload(*arguments, env=env))
 
         yield start

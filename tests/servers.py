@@ -98,13 +98,19 @@ def _wait_until_serving(offload: Offload) -> None:
 
 
 @contextlib.contextmanager
-def run_offload(*arguments: str | Path) -> Iterator[Offload]:
+def run_offload(*arguments: str | Path, env: dict[str, str] | None = None) -> Iterator[Offload]:
     """Run ``python -m offload`` on free loopback ports until the block ends."""
     port, admin_port = free_port(), free_port()
     command = [sys.executable, "-m", "offload", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--admin-port", str(admin_port), *map(str, arguments)]
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
         offload = Offload(process=process, port=port, admin_port=admin_port, log=log)
         try:
             _wait_until_serving(offload)

@@ -107,6 +107,15 @@ def test_proxy_flags_from_the_environment() -> None:
     assert config.upstream_address.unix_path == "/run/app.sock"
 
 
+def test_hooks_from_flags_and_a_comma_separated_variable() -> None:
+    argv = ["--static", str(FIXTURES), "--hook", "a:one", "--hook", "b:two", "--debug"]
+    config = parse_config(argv, {})
+    assert config.hooks == ("a:one", "b:two")
+    assert config.debug is True
+    from_environment = parse_config(["--static", str(FIXTURES)], {"OFFLOAD_HOOK": "a:one, b:two"})
+    assert from_environment.hooks == ("a:one", "b:two")
+
+
 def test_empty_environment_variable_counts_as_unset() -> None:
     config = parse_config(["--static", str(FIXTURES)], {"OFFLOAD_UPSTREAM": "", "OFFLOAD_PORT": ""})
     assert config.upstream is None

@@ -58,10 +58,12 @@ class StaticResponder:
         *,
         internal: bool = False,
         may_rescan: bool = True,
+        on_hit: Callable[[Asset | Redirect], object] | None = None,
     ) -> Asset | Redirect | None:
         """Send the response for ``scope`` and return what answered it, or ``None`` on a miss.
 
         Paths under the internal prefix miss unless ``internal`` (an X-Accel-Redirect).
+        ``on_hit`` hears what will answer before anything is sent.
         """
         path: str = scope["path"]
         if not internal and self._is_internal(path):
@@ -70,6 +72,8 @@ class StaticResponder:
         entry = self.catalog.entries.get(path) or self._fallback(path)
         if entry is None:
             return None
+        if on_hit is not None:
+            on_hit(entry)
         if isinstance(entry, Redirect):
             await _send_redirect(scope, send, entry)
             return entry
@@ -83,7 +87,9 @@ class StaticResponder:
             if not may_rescan:
                 return None
             await self.catalog.rescan(unless_newer_than=generation)
-            return await self.respond(scope, receive, send, internal=internal, may_rescan=False)
+            return await self.respond(
+                scope, receive, send, internal=internal, may_rescan=False, on_hit=on_hit
+            )
         # uvicorn drops what is sent after a disconnect: stop reading the file instead
         disconnected = asyncio.create_task(_wait_for_disconnect(receive))
         try:
