@@ -13,7 +13,7 @@ from urllib.parse import quote
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload.config import Config
-from offload.facts import STATE_KEY, RequestFacts, new_request_id, request_facts
+from offload.facts import STATE_KEY, RequestFacts, request_facts
 from offload.hooks import Hook, apply_hooks, load_hook
 from offload.proxy.headers import Header
 from offload.proxy.http import HttpProxy, ProxySettings
@@ -76,7 +76,7 @@ class Edge:
         facts = RequestFacts(
             path=checked,
             raw_path=scope.get("raw_path"),
-            request_id=_client_request_id(scope) or new_request_id(),
+            client_request_id=_client_request_id(scope),
         )
         state = {**scope.get("state", {}), STATE_KEY: facts}
         await self._hooked({**scope, "path": checked, "state": state}, receive, send)

@@ -26,9 +26,19 @@ class RequestFacts:
 
     path: str
     raw_path: bytes | None
-    request_id: str
+    client_request_id: str | None = None
     route: str | None = None
     static_file: str | None = None
+    _made_request_id: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        """Made on first use: a static hit that no hook asks about never needs one."""
+        if self.client_request_id is not None:
+            return self.client_request_id
+        if self._made_request_id is None:
+            self._made_request_id = new_request_id()
+        return self._made_request_id
 
 
 def new_request_id() -> str:
