@@ -165,7 +165,8 @@ def test_client_leaving_frees_the_only_pool_slot(
     ):
         chunks = response.iter_raw()  # held: dropping it would close the connection early
         assert next(chunks) == b"first\n"
-        # the pool's only connection is busy: another request waits for it
+        # the pool's only connection is busy: another request waits for it, and gives up
+        # (a waiter cancelled this way must not lose the pool's next turn)
         with pytest.raises(httpx.ReadTimeout):
             httpx.get(server.url + "/api/echo", timeout=0.5)
     # the stream's connection was the pool's only one: this succeeds only if it was freed

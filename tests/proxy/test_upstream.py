@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
-from tests.servers import NodeApp, Offload
+from tests.servers import Offload
 
 Answer = Callable[[bytes], bytes | None]  # request head -> bytes to send, None to hang up
 
@@ -170,27 +168,3 @@ def test_unsolicited_upgrade_is_502_without_a_traceback(
     server = raw_app(lambda head: upgrade)
     assert httpx.get(server.url + "/x").status_code == 502
     assert "Traceback" not in server.output()
-
-
-def test_a_queued_request_whose_client_left_passes_its_turn_on(
-    node_app: NodeApp, start_offload: Callable[..., Offload]
-) -> None:
-    server = start_offload(
-        "--upstream", node_app.address, "--upstream-max-connections", "1", "--read-timeout", "5"
-    )
-    stream_id = uuid.uuid4().hex
-    identity = {"accept-encoding": "identity"}
-    with (
-        httpx.Client(base_url=server.url, timeout=10) as holder,
-        holder.stream("GET", f"/api/stream?id={stream_id}", headers=identity) as held,
-    ):
-        chunks = held.iter_raw()
-        assert next(chunks) == b"first\n"
-        # a second request queues for the only connection, then its client gives up
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.get(server.url + "/api/echo", timeout=0.5)
-        httpx.get(f"http://{node_app.address}/api/release?id={stream_id}")  # past the pool
-        assert b"".join(chunks) == b"last\n"
-    started = time.monotonic()
-    assert httpx.get(server.url + "/api/echo", timeout=10).status_code == 200
-    assert time.monotonic() - started < 2  # not left waiting for a wake-up that was lost
