@@ -7,6 +7,6 @@
 from offload.app import create_app
 from offload.config import Config, ConfigError, Upstream
 from offload.facts import RequestFacts
+from offload.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["Config", "ConfigError", "RequestFacts", "Upstream", "__version__", "create_app"]

@@ -5,16 +5,19 @@ hand-off from the app to the static engine lives here too."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from offload.admin import is_readable, watch_upstream
 from offload.config import Config
 from offload.facts import STATE_KEY, RequestFacts, request_facts
 from offload.hooks import Hook, apply_hooks, load_hook
+from offload.observe import AccessLog, EdgeState, Metrics, ObserveMiddleware
 from offload.proxy.headers import Header
 from offload.proxy.http import HttpProxy, ProxySettings
 from offload.proxy.websocket import WebSocketBridge
@@ -22,6 +25,7 @@ from offload.responses import send_plain_text
 from offload.static.catalog import Catalog, CatalogSettings
 from offload.static.paths import BadPath, canonical_path
 from offload.static.responder import StaticResponder
+from offload.version import __version__
 
 STATIC_METHODS = frozenset({"GET", "HEAD"})
 # What the app's X-Accel-Redirect response may decide about the file it hands over (nginx
@@ -42,6 +46,10 @@ class Edge:
 
     def __init__(self, config: Config, hooks: Sequence[Hook] = (), *, names: Sequence[str] = ()):
         self.config = config
+        self.state = EdgeState()
+        self.metrics = Metrics(__version__)
+        self.access_log = AccessLog(config.access_log)
+        self._background: list[asyncio.Task[None]] = []
         self.catalog: Catalog | None = None
         self.static: StaticResponder | None = None
         self.proxy: HttpProxy | None = None
@@ -55,7 +63,23 @@ class Edge:
             accel = self._serve_accel_redirect if self.static is not None else None
             self.proxy = HttpProxy(upstream, _proxy_settings(config), accel_redirect=accel)
             self.websocket = WebSocketBridge(self.proxy)
-        self._hooked = apply_hooks(self._route, hooks, names=names)
+        observed = ObserveMiddleware(
+            self._route, metrics=self.metrics, log=self.access_log, state=self.state
+        )
+        self._hooked = apply_hooks(observed, hooks, names=names)
+
+    def not_ready_because(self) -> str | None:
+        """Why the edge should get no traffic now, or ``None`` when it is ready."""
+        if self.state.draining:
+            return "draining"
+        if self.catalog is not None:
+            if not is_readable(self.catalog.root):
+                return "the static root is not readable"
+            if self.catalog.generation == 0:
+                return "the static catalog is not loaded yet"
+        if self.proxy is not None and not self.state.upstream_up:
+            return "the app does not accept connections"
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -141,12 +165,16 @@ class Edge:
                     await self.catalog.start()
                 if self.proxy is not None:
                     await self.proxy.start()
+                    self._background.append(asyncio.create_task(watch_upstream(self)))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for task in self._background:
+                    task.cancel()
                 if self.catalog is not None:
                     await self.catalog.close()
                 if self.proxy is not None:
                     await self.proxy.close()
+                self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -206,7 +234,7 @@ def _proxy_settings(config: Config) -> ProxySettings:
 
 def create_app(
     config: Config | None = None, /, *, hooks: Sequence[Hook | str] = (), **options: Any
-) -> ASGIApp:
+) -> Edge:
     """The edge as an ASGI app, for offload's own server or any other ASGI server.
 
     >>> app = create_app(static="public", upstream="localhost:3000", hooks=[security_headers])

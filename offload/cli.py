@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from offload import __version__
 from offload.config import Config, ConfigError
 from offload.server import serve
 from offload.static.compress import compress_directory
+from offload.version import __version__
 
 EXIT_BAD_SETTING = 2
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -199,6 +199,16 @@ OPTIONS = (
     ),
     Option("--hook-dir", "hook_dir", "directory hooks are imported from", "DIR", Path),
     Option("--debug", "debug", "show the traceback when a hook fails to load", switch=True),
+    Option(
+        "--access-log", "access_log", "one line per request on stdout: json, text or off", "FORMAT"
+    ),
+    Option(
+        "--drain-timeout",
+        "drain_timeout_seconds",
+        "seconds requests in flight may take to finish after SIGTERM",
+        "SECONDS",
+        _parse_seconds,
+    ),
     Option(
         "--spa",
         "spa",

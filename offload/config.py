@@ -126,6 +126,8 @@ class Config:
     hooks: tuple[str, ...] = ()
     hook_dir: Path | None = None
     debug: bool = False
+    access_log: str = "json"
+    drain_timeout_seconds: float = 25.0
 
     def __post_init__(self) -> None:
         if self.upstream is None and self.static is None:
@@ -152,6 +154,10 @@ class Config:
                 raise ConfigError(name, seconds, "must be a positive number of seconds")
         self._check_static_options()
         self._check_proxy_options()
+        if self.access_log not in ("json", "text", "off"):
+            raise ConfigError("access_log", self.access_log, "expected json, text or off")
+        if not (self.drain_timeout_seconds >= 0 and math.isfinite(self.drain_timeout_seconds)):
+            raise ConfigError("drain_timeout_seconds", self.drain_timeout_seconds, "must be >= 0")
         if self.hook_dir is not None and not Path(self.hook_dir).is_dir():
             raise ConfigError("hook_dir", str(self.hook_dir), "is not a directory")
 

@@ -29,6 +29,9 @@ class RequestFacts:
     client_request_id: str | None = None
     route: str | None = None
     static_file: str | None = None
+    upstream_status: int | None = None
+    upstream_ms: float | None = None
+    error: str | None = None  # upstream_refused, upstream_timeout, upstream_reset, client_closed…
     _made_request_id: str | None = None
 
     @property

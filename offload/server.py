@@ -7,6 +7,7 @@ import contextlib
 import errno
 import gc
 import logging
+import math
 import signal
 import socket
 import sys
@@ -15,14 +16,13 @@ from typing import Literal
 
 import uvicorn
 import uvloop
-from starlette.types import ASGIApp
 
-from offload.admin import admin_app
-from offload.app import create_app
+from offload.admin import AdminApp
+from offload.app import Edge, create_app
 from offload.config import Config, ConfigError
+from offload.observe import JsonFormatter
 
 logger = logging.getLogger("offload")
-SHUTDOWN_GRACE_SECONDS = 10
 GC_YOUNG_THRESHOLD = 10_000  # CPython's default is 700
 
 
@@ -50,7 +50,7 @@ def _create_listener(
             # uvicorn trusts X-Forwarded-For from loopback by default; trust is offload's call
             proxy_headers=False,  # offload writes Date itself: see responses.HttpDateClock
             log_config=None,
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+            timeout_graceful_shutdown=math.ceil(config.drain_timeout_seconds),
         )
     )
 
@@ -82,11 +82,9 @@ def _reason(error: OSError) -> str:
     return (error.strerror or str(error)).lower()
 
 
-async def _serve(
-    config: Config, app: ASGIApp, sockets: tuple[socket.socket, socket.socket]
-) -> None:
-    public = _create_listener(config, app, port=config.port, lifespan="on")
-    admin = _create_listener(config, admin_app, port=config.admin_port, lifespan="off")
+async def _serve(config: Config, edge: Edge, sockets: tuple[socket.socket, socket.socket]) -> None:
+    public = _create_listener(config, edge, port=config.port, lifespan="on")
+    admin = _create_listener(config, AdminApp(edge), port=config.admin_port, lifespan="off")
     listeners = (public, admin)
 
     def stop() -> None:
@@ -113,6 +111,17 @@ async def _serve(
     await asyncio.gather(*tasks)
 
 
+def _configure_logging(config: Config) -> None:
+    """Start-up and error messages go where the access log goes: JSON lines on stdout by
+    default, so one stream carries everything a log collector needs."""
+    handler = logging.StreamHandler(sys.stdout if config.access_log != "off" else sys.stderr)
+    if config.access_log == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
 def serve(config: Config) -> None:
     """Run offload until a signal stops it. The hooks are loaded and both ports bound first,
     so a failing hook or a port in use is a `ConfigError` before anything starts."""
@@ -121,11 +130,7 @@ def serve(config: Config) -> None:
         bind(config.host, config.port, setting="port"),
         bind(config.host, config.admin_port, setting="admin_port"),
     )
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(config)
     # Everything allocated so far lives as long as the process: take it out of the collector's
     # sight, and collect the young generation less often (each request allocates many objects).
     gc.freeze()

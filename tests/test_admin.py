@@ -1,4 +1,5 @@
-"""The admin listener: /livez on its own port, nothing of the public edge."""
+"""The admin listener: its own port, nothing of the public edge (readiness, drain and metrics
+are in test_observe.py)."""
 
 from __future__ import annotations
 

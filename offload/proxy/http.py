@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 from starlette.types import Message, Receive, Scope, Send
 
 from offload.config import Upstream
-from offload.facts import new_request_id, request_facts
+from offload.facts import RequestFacts, new_request_id, request_facts
 from offload.proxy import encode
 from offload.proxy.client import POOL_KEEPALIVE_SECONDS, create_session
 from offload.proxy.headers import (
@@ -27,6 +27,7 @@ from offload.proxy.headers import (
 )
 from offload.proxy.upstream import (
     UpstreamError,
+    UpstreamMalformed,
     UpstreamPool,
     UpstreamRefused,
     UpstreamResponse,
@@ -208,6 +209,10 @@ class HttpProxy:
             if not aborted or task.cancelling() > 1:
                 raise
             task.uncancel()
+            if (facts := request_facts(scope)) is not None and not reader.too_large:
+                facts.error = facts.error or (
+                    "upstream_timeout" if reader.stalled else "client_closed"
+                )
             if not progress.started and reader.too_large:
                 await send_plain_text(send, 413, "the request body is larger than allowed")
             elif not progress.started and reader.stalled:
@@ -222,17 +227,27 @@ class HttpProxy:
             if facts is not None
             else _header(scope["headers"], b"x-request-id") or new_request_id().encode()
         )
+        started = time.perf_counter()
         try:
             response = await self._send_request(scope, reader, request_id)
         except TimeoutError:
+            _note(facts, "upstream_timeout")
             await send_plain_text(send, 504, "the app did not answer in time")
             return
         except UpstreamRefused:
+            _note(facts, "upstream_refused")
             await send_plain_text(send, 502, "the app refused the connection")
             return
-        except UpstreamError:
+        except UpstreamError as error:
+            _note(
+                facts,
+                "upstream_malformed" if isinstance(error, UpstreamMalformed) else "upstream_reset",
+            )
             await send_plain_text(send, 502, "the app closed the connection or answered malformed")
             return
+        if facts is not None:
+            facts.upstream_status = response.status
+            facts.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
         try:
             headers = create_client_headers(
                 response.headers,
@@ -273,6 +288,7 @@ class HttpProxy:
             try:
                 first = await anext(chunks, b"")
             except UpstreamError:
+                _note(request_facts(scope), "upstream_reset")
                 await send_plain_text(send, 502, "the app's response broke off")
                 return
             if response.at_eof and len(first) < encode.MIN_COMPRESS_BYTES:
@@ -294,6 +310,7 @@ class HttpProxy:
             # the head is out: all that is left is to end the connection, short of its length
             # (returning without the final message makes uvicorn close it)
             logger.warning("the app's response to %s broke off: %s", scope["path"], error)
+            _note(request_facts(scope), "upstream_reset")
             return
         await send({"type": "http.response.body", "body": encoder.finish() if encoder else b""})
 
@@ -355,6 +372,12 @@ class HttpProxy:
             raise
         finally:
             sending.cancel()
+
+
+def _note(facts: RequestFacts | None, error: str) -> None:
+    """Record what went wrong with the app, for the access log and the metrics."""
+    if facts is not None:
+        facts.error = error
 
 
 class _ResponseProgress:

@@ -1,0 +1,172 @@
+"""The sidecar's view: readiness, drain, metrics and the access log, over real sockets."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from offload import __version__
+from tests.servers import FIXTURES, NodeApp, Offload, free_port
+
+
+def poll(url: str, status: int) -> httpx.Response:
+    deadline = time.monotonic() + 10
+    while True:
+        response = httpx.get(url)
+        if response.status_code == status or time.monotonic() > deadline:
+            return response
+        time.sleep(0.05)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
+    line = next((line for line in text.splitlines() if line.startswith(prefix)), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+def access_lines(server: Offload) -> list[dict[str, object]]:
+    time.sleep(0.4)  # lines are written in batches, every 0.2 s
+    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    return [line for line in lines if "method" in line]
+
+
+class TestReadiness:
+    def test_ready_when_the_catalog_is_loaded_and_the_app_accepts(
+        self, node_app: NodeApp, start_offload: Callable[..., Offload]
+    ) -> None:
+        server = start_offload("--upstream", node_app.address, "--static", FIXTURES)
+        response = poll(server.admin_url + "/readyz", 200)
+        assert response.text == "OK: ready\n"
+
+    def test_not_ready_while_the_app_is_down(self, start_offload: Callable[..., Offload]) -> None:
+        server = start_offload("--upstream", f"127.0.0.1:{free_port()}", "--static", FIXTURES)
+        response = httpx.get(server.admin_url + "/readyz")
+        assert response.status_code == 503
+        assert "the app does not accept connections" in response.text
+        assert httpx.get(server.admin_url + "/livez").status_code == 200  # never the app's fault
+
+    def test_drain_fails_readiness_and_closes_connections(
+        self, node_app: NodeApp, start_offload: Callable[..., Offload]
+    ) -> None:
+        server = start_offload("--upstream", node_app.address, "--static", FIXTURES)
+        poll(server.admin_url + "/readyz", 200)
+        assert "connection" not in httpx.get(server.url + "/style.css").headers
+        drained = httpx.post(server.admin_url + "/drain")
+        assert drained.json() == {"draining": True, "in_flight": 0}
+        readyz = httpx.get(server.admin_url + "/readyz")
+        assert readyz.status_code == 503
+        assert "draining" in readyz.text
+        assert httpx.get(server.url + "/style.css").headers["connection"] == "close"
+        assert httpx.get(server.admin_url + "/drain?wait=1").status_code == 200
+
+    def test_drain_wait_answers_once_requests_in_flight_finish(
+        self, node_app: NodeApp, start_offload: Callable[..., Offload]
+    ) -> None:
+        server = start_offload("--upstream", node_app.address)
+        stream_id = uuid.uuid4().hex
+        identity = {"accept-encoding": "identity"}
+        with (
+            httpx.Client(base_url=server.url, timeout=10) as client,
+            client.stream("GET", f"/api/stream?id={stream_id}", headers=identity) as response,
+        ):
+            chunks = response.iter_raw()
+            next(chunks)
+            busy = httpx.get(server.admin_url + "/drain?wait=0.3")
+            assert busy.status_code == 503
+            assert busy.json()["in_flight"] == 1
+            httpx.get(f"http://{node_app.address}/api/release?id={stream_id}")
+            b"".join(chunks)
+        assert httpx.get(server.admin_url + "/drain?wait=5").status_code == 200
+
+
+def test_metrics_count_known_traffic(
+    node_app: NodeApp, start_offload: Callable[..., Offload]
+) -> None:
+    server = start_offload("--upstream", node_app.address, "--static", FIXTURES)
+    poll(server.admin_url + "/readyz", 200)
+    for _ in range(3):
+        httpx.get(server.url + "/style.css")
+    for _ in range(2):
+        httpx.get(server.url + "/api/echo")
+    text = httpx.get(server.admin_url + "/metrics").text
+    static = {"route": "static", "method": "GET", "code": "200"}
+    proxied = {"route": "proxy", "method": "GET", "code": "200"}
+    assert metric(text, "offload_http_requests_total", **static) == 3
+    assert metric(text, "offload_http_requests_total", **proxied) == 2
+    assert (
+        metric(text, "offload_http_request_duration_seconds_count", route="static", method="GET")
+        == 3
+    )
+    size = (FIXTURES / "style.css").stat().st_size
+    assert metric(text, "offload_http_response_size_bytes_total", route="static") == 3 * size
+    assert metric(text, "offload_upstream_up") == 1
+    assert metric(text, "offload_static_assets") > 10
+    assert metric(text, "offload_build_info", version=__version__) == 1
+    assert metric(text, "offload_http_requests_in_flight") == 0
+
+
+def test_metrics_count_upstream_errors(start_offload: Callable[..., Offload]) -> None:
+    server = start_offload("--upstream", f"127.0.0.1:{free_port()}", "--connect-timeout", "0.2")
+    assert httpx.get(server.url + "/x").status_code == 502
+    text = httpx.get(server.admin_url + "/metrics").text
+    assert metric(text, "offload_upstream_errors_total", kind="connect") == 1
+    assert metric(text, "offload_http_requests_total", route="proxy", method="GET", code="502") == 1
+
+
+class TestAccessLog:
+    def test_one_json_line_per_request_with_every_field_and_no_secrets(
+        self, node_app: NodeApp, start_offload: Callable[..., Offload]
+    ) -> None:
+        server = start_offload("--upstream", node_app.address, "--static", FIXTURES)
+        secret = {"authorization": "Bearer top-secret", "cookie": "session=top-secret"}
+        httpx.get(server.url + "/style.css?v=1", headers={"user-agent": "tester", **secret})
+        httpx.get(server.url + "/api/echo", headers={"x-request-id": "req-42", **secret})
+        lines = access_lines(server)
+        static, proxied = lines[-2], lines[-1]
+        fields = {"ts", "method", "path", "query", "status", "duration_ms", "bytes", "route"}
+        fields |= {"client", "request_id", "user_agent"}
+        assert fields <= set(static)
+        assert (static["path"], static["query"], static["status"]) == ("/style.css", "v=1", 200)
+        assert (static["route"], static["user_agent"], static["client"]) == (
+            "static",
+            "tester",
+            "127.0.0.1",
+        )
+        assert static["bytes"] == (FIXTURES / "style.css").stat().st_size
+        assert proxied["route"] == "proxy"
+        assert proxied["request_id"] == "req-42"
+        assert proxied["upstream_status"] == 200
+        assert isinstance(proxied["upstream_ms"], float)
+        assert "top-secret" not in server.output()
+
+    def test_upstream_failures_and_client_closes_are_flagged(
+        self, start_offload: Callable[..., Offload]
+    ) -> None:
+        server = start_offload("--upstream", f"127.0.0.1:{free_port()}", "--connect-timeout", "0.2")
+        httpx.get(server.url + "/x")
+        line = access_lines(server)[-1]
+        assert (line["status"], line["error"]) == (502, "upstream_refused")
+
+    @pytest.mark.parametrize("log_format", ["text", "off"])
+    def test_text_and_off(self, log_format: str, start_offload: Callable[..., Offload]) -> None:
+        server = start_offload("--static", FIXTURES, "--access-log", log_format)
+        httpx.get(server.url + "/style.css")
+        time.sleep(0.4)
+        logged = [line for line in server.output().splitlines() if "/style.css" in line]
+        if log_format == "off":
+            assert logged == []
+        else:
+            assert len(logged) == 1
+            assert " GET /style.css 200 " in logged[0]
+
+    def test_start_up_lines_are_json_too(self, start_offload: Callable[..., Offload]) -> None:
+        server = start_offload("--static", FIXTURES)
+        first = json.loads(server.output().splitlines()[0])
+        assert first["level"] == "info"
+        assert "offload listening" in first["message"]
