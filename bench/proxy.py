@@ -94,7 +94,7 @@ def create_proxy_servers(app_port: int, workdir: Path) -> list[Server]:
                 *core,
                 *[sys.executable, "-m", "offload", "--upstream", upstream],
                 *["--host", "127.0.0.1", "--port", str(offload_port)],
-                *["--admin-port", str(admin_port)],
+                *["--admin-port", str(admin_port), "--access-log=off"],  # as nginx's access_log off
             ],
             offload_port,
         ),

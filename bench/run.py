@@ -143,6 +143,7 @@ def create_servers(root: Path, workdir: Path) -> list[Server]:
             [
                 *pin,
                 *[sys.executable, "-m", "offload", "--static", str(root), "--host", "127.0.0.1"],
+                "--access-log=off",  # as nginx's access_log off: like for like
                 *["--port", str(ports[0]), "--admin-port", str(ports[5])],
             ],
             ports[0],

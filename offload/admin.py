@@ -60,6 +60,7 @@ class AdminApp:
     async def _metrics(self, send: Send) -> None:
         edge = self.edge
         edge.metrics.upstream_up.set(1 if edge.state.upstream_up else 0)
+        edge.metrics.in_flight.set(edge.state.in_flight)
         edge.metrics.static_assets.set(len(edge.catalog.entries) if edge.catalog else 0)
         body = generate_latest(edge.metrics.registry)
         headers = [

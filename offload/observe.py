@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -67,6 +67,22 @@ class Metrics:
             "offload_static_assets", "Paths in the static catalog", registry=registry
         )
         Info("offload_build", "offload's version", registry=registry).info({"version": version})
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+
+    def record(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
+        """One answered request. Label lookups are cached: this runs once per request."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.duration.labels(route, method),
+                self.response_bytes.labels(route),
+            )
+        requests, duration, response_bytes = children
+        requests.inc()
+        duration.observe(seconds)
+        response_bytes.inc(sent)
 
 
 _UPSTREAM_ERROR_KINDS = {
@@ -139,16 +155,14 @@ class ObserveMiddleware:
                 status = 101
             await send(message)
 
-        self.state.in_flight += 1
+        self.state.in_flight += 1  # the gauge is set from this at scrape time
         self.state.idle.clear()
-        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, observed_send)
         finally:
             self.state.in_flight -= 1
             if self.state.in_flight == 0:
                 self.state.idle.set()
-            self.metrics.in_flight.dec()
             self._record(scope, status, sent_bytes, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, sent_bytes: int, seconds: float) -> None:
@@ -157,13 +171,11 @@ class ObserveMiddleware:
         error = facts.error if facts else None
         if error == "client_closed" or status == 0:
             status = CLIENT_CLOSED if status == 0 else status
-        method = scope.get("method", "GET")
-        self.metrics.requests.labels(route, method, str(status)).inc()
-        self.metrics.duration.labels(route, method).observe(seconds)
-        self.metrics.response_bytes.labels(route).inc(sent_bytes)
+        self.metrics.record(route, scope.get("method", "GET"), status, seconds, sent_bytes)
         if error in _UPSTREAM_ERROR_KINDS:
             self.metrics.upstream_errors.labels(_UPSTREAM_ERROR_KINDS[error]).inc()
-        self.log.write(_log_record(scope, facts, status, sent_bytes, seconds, route))
+        if self.log.log_format != "off":
+            self.log.write(_log_record(scope, facts, status, sent_bytes, seconds, route))
 
 
 def _log_record(
@@ -173,8 +185,7 @@ def _log_record(
     headers = dict(scope.get("headers", []))
     client = scope.get("client")
     record: dict[str, object] = {
-        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        + f".{int(time.time() % 1 * 1000):03d}Z",
+        "ts": _timestamp(),
         "method": scope.get("method", "GET"),
         "path": getattr(facts, "path", scope.get("path")),
         "query": scope.get("query_string", b"").decode("latin-1"),
@@ -192,6 +203,19 @@ def _log_record(
     if error := getattr(facts, "error", None):
         record["error"] = error
     return record
+
+
+_second_text: tuple[int, str] = (-1, "")
+
+
+def _timestamp() -> str:
+    """ISO 8601 UTC with milliseconds; the seconds part is formatted once a second."""
+    global _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second_text[0]:
+        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
