@@ -156,7 +156,8 @@ class ObserveMiddleware:
             await send(message)
 
         self.state.in_flight += 1  # the gauge is set from this at scrape time
-        self.state.idle.clear()
+        if self.state.in_flight == 1:
+            self.state.idle.clear()
         try:
             await self.app(scope, receive, observed_send)
         finally:

@@ -304,6 +304,10 @@ class HttpProxy:
         try:
             async for chunk in chunks:
                 data = encoder.feed(chunk) if encoder else chunk
+                if encoder is None and response.at_eof:
+                    # the last chunk: send it as the final message, one send fewer
+                    await send({"type": "http.response.body", "body": data})
+                    return
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
         except UpstreamError as error:
