@@ -12,10 +12,11 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, cast
 
 import uvicorn
 import uvloop
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from offload.admin import AdminApp
 from offload.app import Edge, create_app
@@ -24,6 +25,40 @@ from offload.observe import JsonFormatter
 
 logger = logging.getLogger("offload")
 GC_YOUNG_THRESHOLD = 10_000  # CPython's default is 700
+
+
+class _CorkedTransport:
+    """A transport whose writes in one turn of the event loop leave in one system call: uvicorn
+    writes a response's head as soon as it is sent, and its body right after; joined, they
+    cost one send() instead of two. Everything else goes to the real transport."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data, self._pending = b"".join(self._pending), []
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
+class _CorkedHttpToolsProtocol(HttpToolsProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's own signature
+        super().connection_made(cast(asyncio.Transport, _CorkedTransport(transport, self.loop)))
 
 
 class _Listener(uvicorn.Server):
@@ -42,7 +77,7 @@ def _create_listener(
             app,  # type: ignore[arg-type]  # uvicorn types apps as its own ASGI protocol union
             host=config.host,
             port=port,
-            http="httptools",
+            http=_CorkedHttpToolsProtocol,
             lifespan=lifespan,
             access_log=False,
             server_header=False,  # the app's Server header passes through untouched
