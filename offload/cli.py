@@ -7,6 +7,7 @@ Flags win over the environment. A bad setting prints one line naming it and exit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import traceback
@@ -319,11 +320,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compress"]:
         return compress_main(argv[1:])
-    config = parse_config(argv, os.environ)
+    flags, command = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    )
+    config = parse_config(flags, os.environ)
+    if command:
+        try:
+            config = dataclasses.replace(config, command=tuple(command))
+        except ConfigError as error:
+            fail(f"{OPTION_BY_FIELD[error.setting].flag}: {error.reason}")
     try:
-        serve(config)
+        return serve(config)
     except ConfigError as error:  # a hook that fails, a port in use, an address not here
         if config.debug and error.__cause__ is not None:
             traceback.print_exception(error.__cause__)
         fail(f"{OPTION_BY_FIELD[error.setting].flag} {str(error.value)!r}: {error.reason}")
-    return 0
+    except RuntimeError as error:  # the app's command could not be started
+        fail(f"-- {' '.join(command)!r}: {error}")

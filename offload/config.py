@@ -128,6 +128,7 @@ class Config:
     debug: bool = False
     access_log: str = "json"
     drain_timeout_seconds: float = 25.0
+    command: tuple[str, ...] = ()  # `offload ... -- COMMAND`: the app, run as offload's child
 
     def __post_init__(self) -> None:
         if self.upstream is None and self.static is None:
@@ -154,6 +155,9 @@ class Config:
                 raise ConfigError(name, seconds, "must be a positive number of seconds")
         self._check_static_options()
         self._check_proxy_options()
+        if self.command and self.upstream is None:
+            # readiness waits for the app's port: without one there is nothing to wait for
+            raise ConfigError("upstream", None, "-- COMMAND needs --upstream, the app's address")
         if self.access_log not in ("json", "text", "off"):
             raise ConfigError("access_log", self.access_log, "expected json, text or off")
         if not (self.drain_timeout_seconds >= 0 and math.isfinite(self.drain_timeout_seconds)):

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import uvicorn
 import uvloop
@@ -22,6 +22,7 @@ from offload.admin import AdminApp
 from offload.app import Edge, create_app
 from offload.config import Config, ConfigError
 from offload.observe import JsonFormatter
+from offload.supervise import Supervisor
 
 logger = logging.getLogger("offload")
 GC_YOUNG_THRESHOLD = 10_000  # CPython's default is 700
@@ -117,18 +118,32 @@ def _reason(error: OSError) -> str:
     return (error.strerror or str(error)).lower()
 
 
-async def _serve(config: Config, edge: Edge, sockets: tuple[socket.socket, socket.socket]) -> None:
+async def _serve(config: Config, edge: Edge, sockets: tuple[socket.socket, socket.socket]) -> int:
+    """Serve until a signal, a listener failing, or the supervised app exiting; the exit
+    status: 0, or the app's failure status when it died first."""
     public = _create_listener(config, edge, port=config.port, lifespan="on")
     admin = _create_listener(config, AdminApp(edge), port=config.admin_port, lifespan="off")
     listeners = (public, admin)
+    child = None
+    if config.command:
+        child = Supervisor(config.command, stop_timeout_seconds=config.drain_timeout_seconds)
+        await child.start()
 
     def stop() -> None:
         for listener in listeners:
             listener.should_exit = True
 
+    signalled: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        signalled.append(sig)
+        stop()
+        if child is not None:
+            child.forward(sig)  # the app drains alongside offload
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
+        loop.add_signal_handler(sig, on_signal, sig)
     logger.info(
         "offload listening on %s:%d (admin :%d), static %s, upstream %s",
         config.host,
@@ -141,9 +156,21 @@ async def _serve(config: Config, edge: Edge, sockets: tuple[socket.socket, socke
         asyncio.create_task(listener.serve(sockets=[bound]))
         for listener, bound in zip(listeners, sockets, strict=True)
     ]
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    stop()  # one listener ended (a signal, or it could not bind): the other follows
+    watched: list[asyncio.Task[Any]] = [*tasks]
+    if child is not None:
+        watched.append(asyncio.create_task(child.wait()))
+    done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+    # the app ending of its own accord, not because offload passed it a signal to stop
+    app_died = child is not None and watched[-1] in done and not signalled
+    stop()  # a signal, a listener that could not bind, or the app gone: everything follows
     await asyncio.gather(*tasks)
+    if child is None:
+        return 0
+    status = await child.stop()
+    if app_died and status:
+        logger.error("the app exited with status %s: offload stops with it", status)
+        return status if status > 0 else 128 - status  # killed by a signal: 128 + its number
+    return 0
 
 
 def _configure_logging(config: Config) -> None:
@@ -157,7 +184,7 @@ def _configure_logging(config: Config) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
-def serve(config: Config) -> None:
+def serve(config: Config) -> int:
     """Run offload until a signal stops it. The hooks are loaded and both ports bound first,
     so a failing hook or a port in use is a `ConfigError` before anything starts."""
     app = create_app(config)
@@ -171,4 +198,4 @@ def serve(config: Config) -> None:
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(config, app, sockets))
+        return runner.run(_serve(config, app, sockets))
