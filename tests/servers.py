@@ -177,3 +177,13 @@ def tcp_states_towards(port: int) -> list[str]:
                 if remote_port == port and fields[3] != TCP_TIME_WAIT:
                     states.append(fields[3])
     return states
+
+
+def start_and_fail(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m offload`` on free loopback ports, for start-ups that must fail: it
+    returns once the process has ended (within 30 s)."""
+    command = [sys.executable, "-m", "offload", "--host", "127.0.0.1"]
+    command += ["--port", str(free_port()), "--admin-port", str(free_port()), *arguments]
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, timeout=30, check=False
+    )

@@ -17,7 +17,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from offload import ConfigError, create_app
-from tests.servers import FIXTURES, ROOT, NodeApp, Offload, free_port
+from tests.servers import FIXTURES, ROOT, NodeApp, Offload, free_port, start_and_fail
 
 HOOKS = ROOT / "tests" / "hookmods"
 EXAMPLES = ROOT / "examples" / "hooks"
@@ -179,7 +179,7 @@ def poll_status(url: str, status: int) -> httpx.Response:
     ],
 )
 def test_a_hook_that_cannot_be_loaded_stops_start_up_with_one_line(hook: str, named: str) -> None:
-    result = run_cli("--static", str(FIXTURES), "--hook-dir", str(HOOKS), "--hook", hook)
+    result = start_and_fail("--static", str(FIXTURES), "--hook-dir", str(HOOKS), "--hook", hook)
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert lines == [lines[0]], result.stderr
@@ -188,21 +188,13 @@ def test_a_hook_that_cannot_be_loaded_stops_start_up_with_one_line(hook: str, na
 
 
 def test_debug_shows_the_hooks_traceback() -> None:
-    result = run_cli(
+    result = start_and_fail(
         "--static", str(FIXTURES), "--hook-dir", str(HOOKS), "--hook", "broken:explode", "--debug"
     )
     assert result.returncode == 2
     assert "Traceback" in result.stderr
     assert "this hook cannot be built" in result.stderr
     assert result.stderr.splitlines()[-1].startswith("offload: error: --hook 'broken:explode'")
-
-
-def run_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "offload", "--host", "127.0.0.1"]
-    command += ["--port", str(free_port()), "--admin-port", str(free_port()), *arguments]
-    return subprocess.run(
-        command, capture_output=True, text=True, cwd=ROOT, timeout=30, check=False
-    )
 
 
 def test_create_app_in_process_with_starlette_test_client() -> None:

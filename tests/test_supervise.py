@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import httpx
 
-from tests.servers import FIXTURES, ROOT, UPSTREAM_APP, free_port, run_offload
+from tests.servers import FIXTURES, UPSTREAM_APP, free_port, run_offload, start_and_fail
 
 
 def children_of(pid: int) -> list[int]:
@@ -76,23 +75,15 @@ def test_the_app_does_not_outlive_a_killed_offload() -> None:
         assert wait_until(lambda: not is_running(app))
 
 
-def run_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "offload", "--host", "127.0.0.1"]
-    command += ["--port", str(free_port()), "--admin-port", str(free_port()), *arguments]
-    return subprocess.run(
-        command, capture_output=True, text=True, cwd=ROOT, timeout=30, check=False
-    )
-
-
 def test_a_command_that_cannot_start_stops_start_up_with_one_line() -> None:
-    result = run_cli("--upstream", "127.0.0.1:1", "--", "no-such-program-here")
+    result = start_and_fail("--upstream", "127.0.0.1:1", "--", "no-such-program-here")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [result.stderr.splitlines()[-1]]
     assert "no-such-program-here" in result.stderr
 
 
 def test_a_command_needs_an_upstream() -> None:
-    result = run_cli("--static", str(FIXTURES), "--", "node", str(UPSTREAM_APP))
+    result = start_and_fail("--static", str(FIXTURES), "--", "node", str(UPSTREAM_APP))
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "offload: error: --upstream: -- COMMAND needs --upstream, the app's address"
