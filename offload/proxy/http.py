@@ -105,7 +105,8 @@ class HttpProxy:
             self._session = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if _declared_length(scope["headers"]) > (self.settings.max_body_bytes or float("inf")):
+        length = _declared_length(scope["headers"])
+        if length > (self.settings.max_body_bytes or float("inf")):
             await send_plain_text(send, 413, "the request body is larger than allowed")
             return
         progress = _ResponseProgress(send)
@@ -124,7 +125,7 @@ class HttpProxy:
             on_abort=cancel_unless_complete,
             stall_timeout_seconds=self.settings.read_timeout_seconds,
             max_body_bytes=self.settings.max_body_bytes,
-            has_body=_has_body(scope["headers"]),
+            has_body=length > 0 or _header(scope["headers"], b"transfer-encoding") is not None,
         )
         reading = asyncio.create_task(reader.run())
         try:
@@ -277,7 +278,7 @@ class HttpProxy:
             request_id=request_id.decode("latin-1"),
             trusted=is_trusted(peer, self.settings.trusted_proxies),
         )
-        has_body = _has_body(scope["headers"])
+        has_body = reader.has_body
         chunked = has_body and _header(scope["headers"], b"content-length") is None
         head = _request_head(scope, headers, host=self._host, chunked=chunked)
         method: str = scope["method"]
@@ -348,10 +349,6 @@ def _text_header(headers: list[Header], name: bytes) -> str | None:
 def _declared_length(headers: list[Header]) -> int:
     length = _header(headers, b"content-length")
     return int(length) if length is not None and length.strip().isdigit() else 0
-
-
-def _has_body(headers: list[Header]) -> bool:
-    return _header(headers, b"transfer-encoding") is not None or _declared_length(headers) > 0
 
 
 def _request_head(scope: Scope, headers: list[Header], *, host: bytes, chunked: bool) -> bytes:

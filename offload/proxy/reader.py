@@ -37,6 +37,7 @@ class RequestReader:
         self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=BODY_QUEUE_CHUNKS)
         self._received_bytes = 0
         self.body_complete = asyncio.Event()
+        self.has_body = has_body
         if not has_body:  # nothing to hand over: only the disconnect is waited for
             self.body_complete.set()
         self.disconnected = asyncio.Event()
