@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -187,3 +187,21 @@ def start_and_fail(*arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         command, capture_output=True, text=True, cwd=ROOT, timeout=30, check=False
     )
+
+
+def poll(
+    url: str,
+    done: Callable[[httpx.Response], bool],
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    seconds: float = 10,
+) -> httpx.Response:
+    """The first response ``done`` accepts, or the last one after ``seconds``: for what offload
+    shows a little later (the watcher's rescan, readiness, a drain, a flag file)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = httpx.request(method, url, headers=headers)
+        if done(response) or time.monotonic() > deadline:
+            return response
+        time.sleep(0.05)

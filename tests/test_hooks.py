@@ -17,7 +17,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from offload import ConfigError, create_app
-from tests.servers import FIXTURES, ROOT, NodeApp, Offload, free_port, start_and_fail
+from tests.servers import FIXTURES, ROOT, NodeApp, Offload, free_port, poll, start_and_fail
 
 HOOKS = ROOT / "tests" / "hookmods"
 EXAMPLES = ROOT / "examples" / "hooks"
@@ -149,21 +149,10 @@ class TestExampleHooks:
         )  # fmt: skip
         assert httpx.get(server.url + "/api/echo").status_code == 200
         flag.touch()
-        response = poll_status(server.url + "/api/echo", 503)
+        response = poll(server.url + "/api/echo", lambda r: r.status_code == 503)
         assert response.headers["retry-after"] == "120"
         flag.unlink()
-        assert poll_status(server.url + "/api/echo", 200).status_code == 200
-
-
-def poll_status(url: str, status: int) -> httpx.Response:
-    import time
-
-    deadline = time.monotonic() + 10
-    while True:
-        response = httpx.get(url)
-        if response.status_code == status or time.monotonic() > deadline:
-            return response
-        time.sleep(0.1)
+        assert poll(server.url + "/api/echo", lambda r: r.status_code == 200).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -11,16 +11,7 @@ import httpx
 import pytest
 
 from offload import __version__
-from tests.servers import FIXTURES, NodeApp, Offload, free_port
-
-
-def poll(url: str, status: int) -> httpx.Response:
-    deadline = time.monotonic() + 10
-    while True:
-        response = httpx.get(url)
-        if response.status_code == status or time.monotonic() > deadline:
-            return response
-        time.sleep(0.05)
+from tests.servers import FIXTURES, NodeApp, Offload, free_port, poll
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -41,7 +32,7 @@ class TestReadiness:
         self, node_app: NodeApp, start_offload: Callable[..., Offload]
     ) -> None:
         server = start_offload("--upstream", node_app.address, "--static", FIXTURES)
-        response = poll(server.admin_url + "/readyz", 200)
+        response = poll(server.admin_url + "/readyz", lambda r: r.status_code == 200)
         assert response.text == "OK: ready\n"
 
     def test_not_ready_while_the_app_is_down(self, start_offload: Callable[..., Offload]) -> None:
@@ -55,7 +46,7 @@ class TestReadiness:
         self, node_app: NodeApp, start_offload: Callable[..., Offload]
     ) -> None:
         server = start_offload("--upstream", node_app.address, "--static", FIXTURES)
-        poll(server.admin_url + "/readyz", 200)
+        poll(server.admin_url + "/readyz", lambda r: r.status_code == 200)
         assert "connection" not in httpx.get(server.url + "/style.css").headers
         drained = httpx.post(server.admin_url + "/drain")
         assert drained.json() == {"draining": True, "in_flight": 0}
@@ -89,7 +80,7 @@ def test_metrics_count_known_traffic(
     node_app: NodeApp, start_offload: Callable[..., Offload]
 ) -> None:
     server = start_offload("--upstream", node_app.address, "--static", FIXTURES)
-    poll(server.admin_url + "/readyz", 200)
+    poll(server.admin_url + "/readyz", lambda r: r.status_code == 200)
     for _ in range(3):
         httpx.get(server.url + "/style.css")
     for _ in range(2):

@@ -5,25 +5,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.servers import Offload, run_offload
+from tests.servers import Offload, poll, run_offload
 
-
-def poll(
-    url: str, done: Callable[[httpx.Response], bool], *, method: str = "GET"
-) -> httpx.Response:
-    """The first response ``done`` accepts; the watcher reflects changes within about a second."""
-    deadline = time.monotonic() + 10
-    while True:
-        response = httpx.request(method, url, headers={"accept-encoding": "identity"})
-        if done(response) or time.monotonic() > deadline:
-            return response
-        time.sleep(0.05)
+IDENTITY = {"accept-encoding": "identity"}  # compare the bytes on disk, not a variant
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +26,20 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Off
 def test_added_file_is_served(volume: tuple[Path, Offload]) -> None:
     root, server = volume
     (root / "added.txt").write_bytes(b"new")
-    assert poll(server.url + "/added.txt", lambda r: r.status_code == 200).content == b"new"
+    assert (
+        poll(server.url + "/added.txt", lambda r: r.status_code == 200, headers=IDENTITY).content
+        == b"new"
+    )
 
 
 def test_modified_file_gets_new_content_and_etag(volume: tuple[Path, Offload]) -> None:
     root, server = volume
     (root / "changing.css").write_bytes(b"a{color:red}")
-    before = poll(server.url + "/changing.css", lambda r: r.status_code == 200)
+    before = poll(server.url + "/changing.css", lambda r: r.status_code == 200, headers=IDENTITY)
     (root / "changing.css").write_bytes(b"a{color:blue}")
-    after = poll(server.url + "/changing.css", lambda r: r.content == b"a{color:blue}")
+    after = poll(
+        server.url + "/changing.css", lambda r: r.content == b"a{color:blue}", headers=IDENTITY
+    )
     assert after.content == b"a{color:blue}"
     assert after.headers["etag"] != before.headers["etag"]
 
@@ -52,16 +47,21 @@ def test_modified_file_gets_new_content_and_etag(volume: tuple[Path, Offload]) -
 def test_deleted_file_is_no_longer_served(volume: tuple[Path, Offload]) -> None:
     root, server = volume
     (root / "doomed.txt").write_bytes(b"bye")
-    poll(server.url + "/doomed.txt", lambda r: r.status_code == 200)
+    poll(server.url + "/doomed.txt", lambda r: r.status_code == 200, headers=IDENTITY)
     (root / "doomed.txt").unlink()
-    assert poll(server.url + "/doomed.txt", lambda r: r.status_code == 404).status_code == 404
+    assert (
+        poll(
+            server.url + "/doomed.txt", lambda r: r.status_code == 404, headers=IDENTITY
+        ).status_code
+        == 404
+    )
 
 
 def test_added_directory_with_index_is_served(volume: tuple[Path, Offload]) -> None:
     root, server = volume
     (root / "section").mkdir()
     (root / "section" / "index.html").write_bytes(b"<p>section")
-    page = poll(server.url + "/section/", lambda r: r.status_code == 200)
+    page = poll(server.url + "/section/", lambda r: r.status_code == 200, headers=IDENTITY)
     assert page.content == b"<p>section"
 
 
@@ -71,7 +71,7 @@ def test_large_file_replaced_behind_the_watchers_back_is_served_fresh(
     root, server = volume
     first, second = os.urandom(200_000), os.urandom(200_000)
     (root / "swap.bin").write_bytes(first)
-    poll(server.url + "/swap.bin", lambda r: r.content == first)
+    poll(server.url + "/swap.bin", lambda r: r.content == first, headers=IDENTITY)
     staging = root / ".swap.tmp"
     staging.write_bytes(second)
     staging.replace(root / "swap.bin")
@@ -91,6 +91,7 @@ def test_file_truncated_while_sent_ends_the_connection(volume: tuple[Path, Offlo
         server.url + "/shrinking.bin",
         lambda r: r.headers.get("content-length") == str(size),
         method="HEAD",
+        headers=IDENTITY,
     )
     received: list[int] = []
     with (
@@ -129,6 +130,7 @@ def test_client_leaving_mid_download_stops_the_file_reads(volume: tuple[Path, Of
         server.url + "/huge.bin",
         lambda r: r.headers.get("content-length") == str(size),
         method="HEAD",
+        headers=IDENTITY,
     )
     before = _bytes_read(server)
     with (

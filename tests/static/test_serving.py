@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from offload.static.http import parse_http_date
-from tests.servers import FIXTURES, Offload, free_port, raw_get, run_offload
+from tests.servers import FIXTURES, Offload, free_port, poll, raw_get, run_offload
 
 
 @dataclass
@@ -23,16 +22,6 @@ class Scratch:
 
     root: Path
     url: str
-
-
-def wait_until_served(url: str, expected: bytes, timeout_seconds: float = 10) -> httpx.Response:
-    """The response once the watcher has caught up with a change (within about a second)."""
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        response = httpx.get(url)
-        if response.content == expected or time.monotonic() > deadline:
-            return response
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +80,7 @@ def test_etag_is_the_same_for_the_same_bytes_anywhere(
     scratch: Scratch, client: httpx.Client
 ) -> None:
     (scratch.root / "copy.css").write_bytes(data := (FIXTURES / "style.css").read_bytes())
-    copied = wait_until_served(scratch.url + "/copy.css", data).headers["etag"]
+    copied = poll(scratch.url + "/copy.css", lambda r: r.content == data).headers["etag"]
     assert copied == client.get("/style.css").headers["etag"]
 
 
@@ -100,8 +89,8 @@ def test_last_modified_is_the_file_mtime_and_never_in_the_future(scratch: Scratc
     (scratch.root / "future.txt").write_text("future")
     os.utime(scratch.root / "past.txt", (1_000_000_000, 1_000_000_000))
     os.utime(scratch.root / "future.txt", (4_000_000_000, 4_000_000_000))
-    past = wait_until_served(scratch.url + "/past.txt", b"past")
-    future = wait_until_served(scratch.url + "/future.txt", b"future")
+    past = poll(scratch.url + "/past.txt", lambda r: r.content == b"past")
+    future = poll(scratch.url + "/future.txt", lambda r: r.content == b"future")
     assert parse_http_date(past.headers["last-modified"]) == 1_000_000_000
     assert parse_http_date(future.headers["last-modified"]) <= parse_http_date(
         future.headers["date"]
@@ -129,18 +118,22 @@ def test_empty_file_is_200_with_zero_length(client: httpx.Client) -> None:
 def test_large_file_streams_exactly(scratch: Scratch) -> None:
     data = os.urandom(3 * 1024 * 1024 + 17)
     (scratch.root / "big.bin").write_bytes(data)
-    response = wait_until_served(scratch.url + "/big.bin", data)
+    response = poll(scratch.url + "/big.bin", lambda r: r.content == data)
     assert response.headers["content-length"] == str(len(data))
     assert hashlib.sha256(response.content).digest() == hashlib.sha256(data).digest()
 
 
 def test_replaced_file_is_seen_with_a_new_etag(scratch: Scratch) -> None:
     (scratch.root / "app.css").write_text("a { color: red }")
-    before = wait_until_served(scratch.url + "/app.css", b"a { color: red }")
+    before = poll(
+        scratch.url + "/app.css", lambda r, expected=b"a { color: red }": r.content == expected
+    )
     replacement = scratch.root / "app.css.new"
     replacement.write_text("a { color: blue }")
     replacement.replace(scratch.root / "app.css")
-    after = wait_until_served(scratch.url + "/app.css", b"a { color: blue }")
+    after = poll(
+        scratch.url + "/app.css", lambda r, expected=b"a { color: blue }": r.content == expected
+    )
     assert after.text == "a { color: blue }"
     assert after.headers["etag"] != before.headers["etag"]
 
