@@ -81,6 +81,13 @@ class Edge:
             return "the app does not accept connections"
         return None
 
+    def begin_shutdown(self) -> None:
+        """Start stopping: drain (readiness fails, every response closes its connection) and
+        close WebSockets with 1001, Going Away. Requests in flight go on."""
+        self.state.draining = True
+        if self.websocket is not None:
+            self.websocket.close_all()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             await self._enter(scope, receive, send)

@@ -108,11 +108,28 @@ OPTIONS = (
         "ADDRESS",
     ),
     Option("--static", "static", "directory of static assets served directly", "DIR", Path),
-    Option("--host", "host", "address of the public and admin listeners", "HOST"),
+    Option(
+        "--host",
+        "host",
+        "address of the public listener, and of the admin one without --admin-host",
+        "HOST",
+    ),
     Option(
         "--port", "port", "port of the public listener", "PORT", _parse_integer("a port number")
     ),
-    Option("--admin-port", "admin_port", "port of /livez", "PORT", _parse_integer("a port number")),
+    Option(
+        "--admin-port",
+        "admin_port",
+        "port of /livez, /readyz, /metrics and /drain",
+        "PORT",
+        _parse_integer("a port number"),
+    ),
+    Option(
+        "--admin-host",
+        "admin_host",
+        "address of the admin listener (default: the --host address)",
+        "HOST",
+    ),
     Option(
         "--read-timeout",
         "read_timeout_seconds",

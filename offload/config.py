@@ -111,6 +111,7 @@ class Config:
     host: str = "0.0.0.0"
     port: int = 8080
     admin_port: int = 9901
+    admin_host: str | None = None  # None: the same address as the public listener
     read_timeout_seconds: float = 60.0
     connect_timeout_seconds: float = 5.0
     cache_max_age_seconds: int | None = None
@@ -147,7 +148,7 @@ class Config:
                 _parse_port(getattr(self, name))
             except ValueError as error:
                 raise ConfigError(name, getattr(self, name), str(error)) from None
-        if self.port == self.admin_port:
+        if self.port == self.admin_port and self.admin_address == self.host:
             raise ConfigError("admin_port", self.admin_port, "must differ from the public port")
         for name in ("read_timeout_seconds", "connect_timeout_seconds"):
             seconds = getattr(self, name)
@@ -203,6 +204,11 @@ class Config:
             raise ConfigError(
                 "spa", True, "serves index.html for misses: use it without an upstream"
             )
+
+    @property
+    def admin_address(self) -> str:
+        """Where the admin listener binds: ``--admin-host``, or ``--host`` when not given."""
+        return self.host if self.admin_host is None else self.admin_host
 
     @property
     def upstream_address(self) -> Upstream | None:

@@ -26,6 +26,7 @@ from offload.supervise import Supervisor
 
 logger = logging.getLogger("offload")
 GC_YOUNG_THRESHOLD = 10_000  # CPython's default is 700
+LINGER_SECONDS = 1.0  # at shutdown, for keep-alive connections to end by themselves
 
 
 class _CorkedTransport:
@@ -63,20 +64,84 @@ class _CorkedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class _Listener(uvicorn.Server):
-    """A uvicorn server that leaves signals to `serve`: one signal must stop both listeners."""
+    """A uvicorn server that leaves signals to `serve` (one signal must stop both listeners)
+    and stops without losing a request it could have answered:
+
+    1. It stops accepting, then takes in the connections the kernel had already completed
+       (closing the listening socket would reset them) and serves them too. uvloop closes the
+       socket it listens on, so it is given a duplicate: the original keeps the kernel's
+       queue alive until offload has emptied it.
+    2. For up to `LINGER_SECONDS` it lets keep-alive connections end by themselves: while
+       draining, every response carries ``Connection: close``, so a busy client learns to go
+       elsewhere from its next response instead of losing a request to a closed connection.
+    3. uvicorn's own shutdown follows: idle connections are closed, and requests in flight get
+       ``timeout_graceful_shutdown`` (``--drain-timeout``) to finish.
+    """
+
+    def __init__(self, config: uvicorn.Config, listening: socket.socket) -> None:
+        super().__init__(config)
+        self.listening = listening
+
+    async def run(self) -> None:  # type: ignore[override]  # serves its own socket
+        await self.serve(sockets=[self.listening.dup()])
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # closes the duplicate
+        waiting = _accept_waiting(self.listening)
+        self.listening.close()
+        for connection in waiting:
+            await self._serve_accepted(connection)
+        linger = min(LINGER_SECONDS, self.config.timeout_graceful_shutdown or 0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(linger):
+                while self.server_state.connections:  # noqa: ASYNC110  (a set: no event to wait on)
+                    await asyncio.sleep(0.02)
+        await super().shutdown()
+
+    async def _serve_accepted(self, connection: socket.socket) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+
+        def create_protocol() -> asyncio.Protocol:  # as uvicorn's startup makes them
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=loop,
+            )
+
+        try:
+            await loop.connect_accepted_socket(create_protocol, connection)
+        except OSError:
+            connection.close()
+
+
+def _accept_waiting(listening: socket.socket) -> list[socket.socket]:
+    """The connections queued on a listening socket, accepted without waiting."""
+    accepted: list[socket.socket] = []
+    try:
+        listening.setblocking(False)
+        while True:
+            connection, _ = listening.accept()
+            accepted.append(connection)
+    except OSError:  # BlockingIOError once the queue is empty
+        pass
+    return accepted
+
 
 def _create_listener(
-    config: Config, app: object, *, port: int, lifespan: Literal["on", "off"]
+    config: Config, app: object, listening: socket.socket, *, lifespan: Literal["on", "off"]
 ) -> _Listener:
+    host, port = listening.getsockname()[:2]
     return _Listener(
         uvicorn.Config(
             app,  # type: ignore[arg-type]  # uvicorn types apps as its own ASGI protocol union
-            host=config.host,
+            host=host,
             port=port,
             http=_CorkedHttpToolsProtocol,
             lifespan=lifespan,
@@ -87,27 +152,29 @@ def _create_listener(
             proxy_headers=False,  # offload writes Date itself: see responses.HttpDateClock
             log_config=None,
             timeout_graceful_shutdown=math.ceil(config.drain_timeout_seconds),
-        )
+        ),
+        listening,
     )
 
 
-def bind(host: str, port: int, *, setting: str) -> socket.socket:
+def bind(host: str, port: int, *, setting: str, host_setting: str = "host") -> socket.socket:
     """A bound socket for a listener, or a `ConfigError` naming what is wrong: an address that
-    does not resolve or is not on this machine (``host``), or a port in use (``setting``)."""
+    does not resolve or is not on this machine (``host_setting``), or a port in use
+    (``setting``)."""
     try:
         family, kind, protocol, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
         listener = socket.socket(family, kind, protocol)
     except OSError as error:
-        raise ConfigError("host", host, f"cannot listen there: {_reason(error)}") from None
+        raise ConfigError(host_setting, host, f"cannot listen there: {_reason(error)}") from None
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
     except OSError as error:
         listener.close()
-        wrong = "host" if error.errno == errno.EADDRNOTAVAIL else setting
-        value = host if wrong == "host" else port
+        wrong = host_setting if error.errno == errno.EADDRNOTAVAIL else setting
+        value = host if wrong == host_setting else port
         raise ConfigError(
             wrong, value, f"cannot listen on {host}:{port}: {_reason(error)}"
         ) from None
@@ -120,50 +187,51 @@ def _reason(error: OSError) -> str:
 
 async def _serve(config: Config, edge: Edge, sockets: tuple[socket.socket, socket.socket]) -> int:
     """Serve until a signal, a listener failing, or the supervised app exiting; the exit
-    status: 0, or the app's failure status when it died first."""
-    public = _create_listener(config, edge, port=config.port, lifespan="on")
-    admin = _create_listener(config, AdminApp(edge), port=config.admin_port, lifespan="off")
-    listeners = (public, admin)
+    status: 0, or the app's failure status when it died first.
+
+    Stopping goes in the order that loses nothing: the edge drains (responses close their
+    connections, WebSockets get 1001) while the admin listener still answers ``/readyz`` with
+    503; then the admin listener stops; then the supervised app gets SIGTERM, once no request
+    can still need it."""
+    public = _create_listener(config, edge, sockets[0], lifespan="on")
+    admin = _create_listener(config, AdminApp(edge), sockets[1], lifespan="off")
     child = None
     if config.command:
         child = Supervisor(config.command, stop_timeout_seconds=config.drain_timeout_seconds)
         await child.start()
 
-    def stop() -> None:
-        for listener in listeners:
-            listener.should_exit = True
-
     signalled: list[int] = []
 
     def on_signal(sig: int) -> None:
         signalled.append(sig)
-        stop()
-        if child is not None:
-            child.forward(sig)  # the app drains alongside offload
+        edge.begin_shutdown()
+        public.should_exit = True
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     logger.info(
-        "offload listening on %s:%d (admin :%d), static %s, upstream %s",
+        "offload listening on %s:%d (admin %s:%d), static %s, upstream %s",
         config.host,
         config.port,
+        config.admin_address,
         config.admin_port,
         config.static or "off",
         config.upstream_address or "off",
     )
-    tasks = [
-        asyncio.create_task(listener.serve(sockets=[bound]))
-        for listener, bound in zip(listeners, sockets, strict=True)
-    ]
-    watched: list[asyncio.Task[Any]] = [*tasks]
+    serving = asyncio.create_task(public.run())
+    answering = asyncio.create_task(admin.run())
+    watched: list[asyncio.Future[Any]] = [serving, answering]
     if child is not None:
         watched.append(asyncio.create_task(child.wait()))
     done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     # the app ending of its own accord, not because offload passed it a signal to stop
     app_died = child is not None and watched[-1] in done and not signalled
-    stop()  # a signal, a listener that could not bind, or the app gone: everything follows
-    await asyncio.gather(*tasks)
+    edge.begin_shutdown()  # a signal, a listener that could not bind, or the app gone
+    public.should_exit = True
+    await serving
+    admin.should_exit = True
+    await answering
     if child is None:
         return 0
     status = await child.stop()
@@ -190,7 +258,12 @@ def serve(config: Config) -> int:
     app = create_app(config)
     sockets = (
         bind(config.host, config.port, setting="port"),
-        bind(config.host, config.admin_port, setting="admin_port"),
+        bind(
+            config.admin_address,
+            config.admin_port,
+            setting="admin_port",
+            host_setting="host" if config.admin_host is None else "admin_host",
+        ),
     )
     _configure_logging(config)
     # Everything allocated so far lives as long as the process: take it out of the collector's

@@ -69,6 +69,7 @@ class Offload:
     port: int
     admin_port: int
     log: IO[bytes]
+    admin_host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
@@ -76,7 +77,7 @@ class Offload:
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        return f"http://{self.admin_host}:{self.admin_port}"
 
     def output(self) -> str:
         self.log.seek(0)
@@ -98,11 +99,18 @@ def _wait_until_serving(offload: Offload) -> None:
 
 
 @contextlib.contextmanager
-def run_offload(*arguments: str | Path, env: dict[str, str] | None = None) -> Iterator[Offload]:
-    """Run ``python -m offload`` on free loopback ports until the block ends."""
-    port, admin_port = free_port(), free_port()
+def run_offload(
+    *arguments: str | Path,
+    env: dict[str, str] | None = None,
+    port: int = 0,
+    admin_port: int = 0,
+    admin_host: str = "127.0.0.1",
+) -> Iterator[Offload]:
+    """Run ``python -m offload`` on loopback ports (0: a free one) until the block ends."""
+    port, admin_port = port or free_port(), admin_port or free_port()
     command = [sys.executable, "-m", "offload", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--admin-port", str(admin_port), *map(str, arguments)]
+    command += ["--port", str(port), "--admin-port", str(admin_port)]
+    command += ["--admin-host", admin_host, *map(str, arguments)]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             command,
@@ -111,7 +119,9 @@ def run_offload(*arguments: str | Path, env: dict[str, str] | None = None) -> It
             cwd=ROOT,
             env={**os.environ, **(env or {})},
         )
-        offload = Offload(process=process, port=port, admin_port=admin_port, log=log)
+        offload = Offload(
+            port=port, admin_port=admin_port, admin_host=admin_host, log=log, process=process
+        )
         try:
             _wait_until_serving(offload)
             yield offload

@@ -4,8 +4,9 @@ are in test_observe.py)."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
-from tests.servers import Offload
+from tests.servers import FIXTURES, Offload, free_port, run_offload
 
 
 def test_livez_answers_200_on_the_admin_port(offload: Offload) -> None:
@@ -29,3 +30,20 @@ def test_livez_refuses_other_methods_with_405_and_allow(offload: Offload) -> Non
 def test_admin_port_serves_no_static_file_and_no_app_path(offload: Offload) -> None:
     assert httpx.get(offload.admin_url + "/style.css").status_code == 404
     assert httpx.get(offload.admin_url + "/api/echo").status_code == 404
+
+
+def test_admin_host_moves_the_admin_listener_only() -> None:
+    # 127.0.0.2 is loopback too on Linux: the admin API on an address of its own, as when only
+    # the kubelet should reach it
+    with run_offload("--static", FIXTURES, admin_host="127.0.0.2") as server:
+        assert httpx.get(f"http://127.0.0.2:{server.admin_port}/livez").status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{server.admin_port}/livez")
+        assert httpx.get(f"{server.url}/style.css").status_code == 200
+
+
+def test_admin_host_may_share_the_public_port_number() -> None:
+    port = free_port()
+    with run_offload("--static", FIXTURES, port=port, admin_port=port, admin_host="127.0.0.2"):
+        assert httpx.get(f"http://127.0.0.2:{port}/livez").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/style.css").status_code == 200

@@ -206,3 +206,11 @@ def test_help_lists_every_flag_and_its_variable() -> None:
     for option in OPTIONS:
         assert option.flag in result.stdout
         assert option.environment_variable in result.stdout
+
+
+def test_admin_host_that_cannot_be_listened_on_names_its_flag() -> None:
+    result = run_cli(
+        "--static", str(FIXTURES), "--host", "127.0.0.1", "--admin-host", "10.255.255.254"
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("offload: error: --admin-host '10.255.255.254': cannot listen")

@@ -26,6 +26,7 @@ _HANDSHAKE_HEADERS = frozenset(
 # RFC 6455 §7.4.1: 1005 and 1006 describe a close, they are never sent in one.
 _UNSENDABLE = {1005: 1000, 1006: 1001}
 _APP_FAILED = 1011
+_GOING_AWAY = 1001
 
 
 class WebSocketBridge:
@@ -33,6 +34,11 @@ class WebSocketBridge:
 
     def __init__(self, proxy: HttpProxy) -> None:
         self.proxy = proxy
+        self._going_away = asyncio.Event()
+
+    def close_all(self) -> None:
+        """offload is stopping: close every bridged WebSocket, both sides, with 1001."""
+        self._going_away.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
@@ -50,7 +56,7 @@ class WebSocketBridge:
             return
         try:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
-            await _bridge(receive, send, upstream)
+            await _bridge(receive, send, upstream, self._going_away)
         finally:
             await upstream.close()
 
@@ -76,19 +82,32 @@ class WebSocketBridge:
             )
 
 
-async def _bridge(receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    """Pump both ways until either side closes; the other pump is then cancelled."""
+async def _bridge(
+    receive: Receive,
+    send: Send,
+    upstream: aiohttp.ClientWebSocketResponse,
+    going_away: asyncio.Event,
+) -> None:
+    """Pump both ways until either side closes, or offload stops (1001 to both sides); the
+    other pump is then cancelled."""
     pumps = {
         asyncio.create_task(_client_to_app(receive, upstream)),
         asyncio.create_task(_app_to_client(upstream, send)),
     }
+    leaving = asyncio.create_task(going_away.wait())
     try:
-        done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({*pumps, leaving}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for pump in pumps:
-            pump.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
-    for pump in done:
+        for task in (*pumps, leaving):
+            task.cancel()
+        await asyncio.gather(*pumps, leaving, return_exceptions=True)
+    if done == {leaving}:
+        await send(_close_message(_GOING_AWAY, "offload is shutting down"))
+        with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await upstream.close(code=_GOING_AWAY, message=b"offload is shutting down")
+        return
+    for pump in done - {leaving}:
         pump.result()  # a failure in a pump is a failure of the bridge
 
 
