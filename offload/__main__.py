@@ -2,4 +2,5 @@
 
 from offload.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a --workers process is spawned from this module
+    raise SystemExit(main())

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,8 +21,22 @@ if TYPE_CHECKING:
 UPSTREAM_CHECK_SECONDS = 1.0
 
 
+class Subject(Protocol):
+    """What the admin API reports on and drains: one edge, or the workers of ``--workers``."""
+
+    async def not_ready_because(self) -> str | None: ...
+
+    async def metrics(self) -> bytes: ...
+
+    async def drain(self) -> None: ...
+
+    async def wait_idle(self, seconds: float) -> tuple[bool, int]:
+        """Wait up to ``seconds`` for no request in flight: (draining, requests in flight)."""
+        ...
+
+
 class AdminApp:
-    """The admin API of one edge.
+    """The admin API.
 
     - ``GET /livez``: 200 while the process runs; it never asks the app (no restart storms).
     - ``GET /readyz``: 200 when the static root is readable, the catalog loaded and the app
@@ -33,8 +47,8 @@ class AdminApp:
       answers once no request is in flight (200), or when the wait is over (503).
     """
 
-    def __init__(self, edge: Edge) -> None:
-        self.edge = edge
+    def __init__(self, subject: Subject) -> None:
+        self.subject = subject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -52,45 +66,61 @@ class AdminApp:
         elif path == "/livez":
             await send_plain_text(send, 200, "offload is running")
         elif path == "/readyz":
-            reason = self.edge.not_ready_because()
+            reason = await self.subject.not_ready_because()
             await send_plain_text(send, 503 if reason else 200, reason or "ready")
         else:
-            await self._metrics(send)
+            await _send(send, 200, CONTENT_TYPE_LATEST, await self.subject.metrics())
 
-    async def _metrics(self, send: Send) -> None:
+    async def _drain(self, scope: Scope, send: Send) -> None:
+        if scope["method"] == "POST":
+            await self.subject.drain()
+            draining, in_flight = await self.subject.wait_idle(0)
+            done = True
+        elif scope["method"] == "GET":
+            seconds = _seconds(scope.get("query_string", b""))
+            draining, in_flight = await self.subject.wait_idle(seconds)
+            done = in_flight == 0
+        else:
+            await send_plain_text(send, 405, headers=[(b"allow", b"GET, POST")])
+            return
+        body = json.dumps({"draining": draining, "in_flight": in_flight}).encode()
+        await _send(send, 200 if done else 503, "application/json", body)
+
+
+class EdgeSubject:
+    """The admin API's view of the edge in this process."""
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+
+    async def not_ready_because(self) -> str | None:
+        return self.edge.not_ready_because()
+
+    async def metrics(self) -> bytes:
         edge = self.edge
         edge.metrics.upstream_up.set(1 if edge.state.upstream_up else 0)
         edge.metrics.in_flight.set(edge.state.in_flight)
         edge.metrics.static_assets.set(len(edge.catalog.entries) if edge.catalog else 0)
-        body = generate_latest(edge.metrics.registry)
-        headers = [
-            (b"content-type", CONTENT_TYPE_LATEST.encode()),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        return generate_latest(edge.metrics.registry)
 
-    async def _drain(self, scope: Scope, send: Send) -> None:
+    async def drain(self) -> None:
+        self.edge.state.draining = True
+
+    async def wait_idle(self, seconds: float) -> tuple[bool, int]:
         state = self.edge.state
-        if scope["method"] == "POST":
-            state.draining = True
-        elif scope["method"] == "GET":
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_seconds(scope.get("query_string", b""))):
-                    await state.idle.wait()
-        else:
-            await send_plain_text(send, 405, headers=[(b"allow", b"GET, POST")])
-            return
-        done = scope["method"] == "POST" or state.in_flight == 0
-        body = json.dumps({"draining": state.draining, "in_flight": state.in_flight}).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send(
-            {"type": "http.response.start", "status": 200 if done else 503, "headers": headers}
-        )
-        await send({"type": "http.response.body", "body": body})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await state.idle.wait()
+        return state.draining, state.in_flight
+
+
+async def _send(send: Send, status: int, content_type: str, body: bytes) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _seconds(query: bytes) -> float:

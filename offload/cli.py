@@ -228,6 +228,13 @@ OPTIONS = (
         _parse_seconds,
     ),
     Option(
+        "--workers",
+        "workers",
+        "processes serving the public port; the admin API sums their metrics",
+        "N",
+        _parse_integer("a number of processes"),
+    ),
+    Option(
         "--spa",
         "spa",
         "static-only single-page app: paths without a file extension get /index.html",

@@ -76,6 +76,7 @@ class Upstream:
         return f"unix:{self.unix_path}" if self.unix_path else self.base_url.removeprefix("http://")
 
 
+MAX_WORKERS = 64
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
@@ -129,6 +130,7 @@ class Config:
     debug: bool = False
     access_log: str = "json"
     drain_timeout_seconds: float = 25.0
+    workers: int = 1
     command: tuple[str, ...] = ()  # `offload ... -- COMMAND`: the app, run as offload's child
 
     def __post_init__(self) -> None:
@@ -163,6 +165,8 @@ class Config:
             raise ConfigError("access_log", self.access_log, "expected json, text or off")
         if not (self.drain_timeout_seconds >= 0 and math.isfinite(self.drain_timeout_seconds)):
             raise ConfigError("drain_timeout_seconds", self.drain_timeout_seconds, "must be >= 0")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError("workers", self.workers, f"expected 1 to {MAX_WORKERS}")
         if self.hook_dir is not None and not Path(self.hook_dir).is_dir():
             raise ConfigError("hook_dir", str(self.hook_dir), "is not a directory")
 

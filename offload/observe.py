@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import select
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from offload.facts import request_facts
 
 LOG_FORMATS = ("json", "text", "off")
 FLUSH_EVERY_SECONDS = 0.2
+ATOMIC_WRITE_BYTES = select.PIPE_BUF  # 4096 on Linux: a pipe write this small is never split
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the response
 
 
@@ -118,10 +121,34 @@ class AccessLog:
         self._pending.append(line + "\n")
 
     def flush(self) -> None:
+        """Write the pending lines in writes of whole lines of at most `ATOMIC_WRITE_BYTES`:
+        with ``--workers`` every process writes to the same pipe, and the kernel keeps only
+        writes that small in one piece, so a line never interleaves with another's."""
         lines, self._pending = self._pending, []
-        if lines:
-            self.stream.write("".join(lines))
+        if not lines:
+            return
+        self.stream.flush()  # whatever went through the stream object first
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            data = line.encode()
+            if chunk and size + len(data) > ATOMIC_WRITE_BYTES:
+                self._write(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(data)
+            size += len(data)
+        self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file: a test's StringIO
+            self.stream.write(data.decode())
             self.stream.flush()
+            return
+        while data:
+            written = os.write(fd, data)
+            data = data[written:]
 
 
 class ObserveMiddleware:

@@ -11,18 +11,19 @@ import math
 import signal
 import socket
 import sys
-from collections.abc import Iterator
-from typing import Any, Literal, cast
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, Literal, Protocol, cast
 
 import uvicorn
 import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from offload.admin import AdminApp
+from offload.admin import AdminApp, EdgeSubject, Subject
 from offload.app import Edge, create_app
 from offload.config import Config, ConfigError
 from offload.observe import JsonFormatter
 from offload.supervise import Supervisor
+from offload.workers import Workers
 
 logger = logging.getLogger("offload")
 GC_YOUNG_THRESHOLD = 10_000  # CPython's default is 700
@@ -137,12 +138,9 @@ def _accept_waiting(listening: socket.socket) -> list[socket.socket]:
 def _create_listener(
     config: Config, app: object, listening: socket.socket, *, lifespan: Literal["on", "off"]
 ) -> _Listener:
-    host, port = listening.getsockname()[:2]
     return _Listener(
         uvicorn.Config(
             app,  # type: ignore[arg-type]  # uvicorn types apps as its own ASGI protocol union
-            host=host,
-            port=port,
             http=_CorkedHttpToolsProtocol,
             lifespan=lifespan,
             access_log=False,
@@ -185,41 +183,52 @@ def _reason(error: OSError) -> str:
     return (error.strerror or str(error)).lower()
 
 
-async def _serve(config: Config, edge: Edge, sockets: tuple[socket.socket, socket.socket]) -> int:
+class Front(Protocol):
+    """What serves the public port: one edge in this process, or the workers."""
+
+    async def run(self) -> None: ...
+
+    def begin_shutdown(self) -> None: ...
+
+
+class _EdgeFront:
+    def __init__(self, edge: Edge, listener: _Listener) -> None:
+        self.edge = edge
+        self.listener = listener
+
+    async def run(self) -> None:
+        await self.listener.run()
+
+    def begin_shutdown(self) -> None:
+        self.edge.begin_shutdown()
+        self.listener.should_exit = True
+
+
+async def _serve(
+    config: Config, front: Front, admin: _Listener, command: Sequence[str] = ()
+) -> int:
     """Serve until a signal, a listener failing, or the supervised app exiting; the exit
     status: 0, or the app's failure status when it died first.
 
-    Stopping goes in the order that loses nothing: the edge drains (responses close their
+    Stopping goes in the order that loses nothing: the front drains (responses close their
     connections, WebSockets get 1001) while the admin listener still answers ``/readyz`` with
     503; then the admin listener stops; then the supervised app gets SIGTERM, once no request
     can still need it."""
-    public = _create_listener(config, edge, sockets[0], lifespan="on")
-    admin = _create_listener(config, AdminApp(edge), sockets[1], lifespan="off")
     child = None
-    if config.command:
-        child = Supervisor(config.command, stop_timeout_seconds=config.drain_timeout_seconds)
+    if command:
+        child = Supervisor(command, stop_timeout_seconds=config.drain_timeout_seconds)
         await child.start()
 
     signalled: list[int] = []
 
     def on_signal(sig: int) -> None:
         signalled.append(sig)
-        edge.begin_shutdown()
-        public.should_exit = True
+        front.begin_shutdown()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    logger.info(
-        "offload listening on %s:%d (admin %s:%d), static %s, upstream %s",
-        config.host,
-        config.port,
-        config.admin_address,
-        config.admin_port,
-        config.static or "off",
-        config.upstream_address or "off",
-    )
-    serving = asyncio.create_task(public.run())
+    serving = asyncio.create_task(front.run())
     answering = asyncio.create_task(admin.run())
     watched: list[asyncio.Future[Any]] = [serving, answering]
     if child is not None:
@@ -227,8 +236,7 @@ async def _serve(config: Config, edge: Edge, sockets: tuple[socket.socket, socke
     done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     # the app ending of its own accord, not because offload passed it a signal to stop
     app_died = child is not None and watched[-1] in done and not signalled
-    edge.begin_shutdown()  # a signal, a listener that could not bind, or the app gone
-    public.should_exit = True
+    front.begin_shutdown()  # a signal, a listener that could not bind, or the app gone
     await serving
     admin.should_exit = True
     await answering
@@ -255,20 +263,51 @@ def _configure_logging(config: Config) -> None:
 def serve(config: Config) -> int:
     """Run offload until a signal stops it. The hooks are loaded and both ports bound first,
     so a failing hook or a port in use is a `ConfigError` before anything starts."""
-    app = create_app(config)
-    sockets = (
-        bind(config.host, config.port, setting="port"),
-        bind(
-            config.admin_address,
-            config.admin_port,
-            setting="admin_port",
-            host_setting="host" if config.admin_host is None else "admin_host",
-        ),
+    edge = create_app(config)  # with --workers, only to load the hooks: each worker has its own
+    public = bind(config.host, config.port, setting="port")
+    admin_socket = bind(
+        config.admin_address,
+        config.admin_port,
+        setting="admin_port",
+        host_setting="host" if config.admin_host is None else "admin_host",
     )
     _configure_logging(config)
+    logger.info(
+        "offload listening on %s:%d (admin %s:%d, %d worker%s), static %s, upstream %s",
+        config.host,
+        config.port,
+        config.admin_address,
+        config.admin_port,
+        config.workers,
+        "" if config.workers == 1 else "s",
+        config.static or "off",
+        config.upstream_address or "off",
+    )
+    front: Front
+    if config.workers == 1:
+        listener = _create_listener(config, edge, public, lifespan="on")
+        front = _EdgeFront(edge, listener)
+        subject: Subject = EdgeSubject(edge)
+    else:
+        front = subject = Workers(config, public)
+    admin = _create_listener(config, AdminApp(subject), admin_socket, lifespan="off")
+    return _run(_serve(config, front, admin, config.command))
+
+
+def serve_worker(config: Config, public: socket.socket, admin_socket: socket.socket) -> int:
+    """One of ``--workers``: the edge on the shared public socket, and the admin API on a Unix
+    socket for the primary process to ask."""
+    _configure_logging(config)
+    edge = create_app(config)
+    front = _EdgeFront(edge, _create_listener(config, edge, public, lifespan="on"))
+    admin = _create_listener(config, AdminApp(EdgeSubject(edge)), admin_socket, lifespan="off")
+    return _run(_serve(config, front, admin))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
     # Everything allocated so far lives as long as the process: take it out of the collector's
     # sight, and collect the young generation less often (each request allocates many objects).
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(config, app, sockets))
+        return runner.run(main)

@@ -159,6 +159,9 @@ def test_defaults_match_the_design_card() -> None:
         (["--upstream", "localhost:3000", "--trusted-proxies", "nope"], {}, "'nope'"),
         (["--static", str(FIXTURES), "--internal-prefix", "protected"], {}, "--internal-prefix"),
         (["--upstream", "a:1", "--upstream-max-connections", "-1"], {}, "--upstream-max-conn"),
+        (["--static", str(FIXTURES), "--workers", "0"], {}, "--workers '0'"),
+        (["--static", str(FIXTURES), "--workers", "two"], {}, "--workers 'two'"),
+        (["--static", str(FIXTURES)], {"OFFLOAD_WORKERS": "65"}, "OFFLOAD_WORKERS '65'"),
     ],
 )
 def test_bad_setting_exits_2_with_one_line_naming_it(

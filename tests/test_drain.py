@@ -16,7 +16,7 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.servers import FIXTURES, NodeApp, Offload
+from tests.servers import FIXTURES, NodeApp, Offload, poll
 
 LOAD_CLIENTS = 16
 LOAD_SECONDS_BEFORE_SIGTERM = 1.0
@@ -87,13 +87,19 @@ async def _load_through_sigterm(server: Offload, *, keep_alive: bool) -> collect
     return outcomes
 
 
-@pytest.mark.parametrize("keep_alive", [True, False], ids=["keep-alive", "connection-close"])
+@pytest.mark.parametrize(
+    ("keep_alive", "workers"),
+    [(True, 1), (False, 1), (True, 2)],
+    ids=["keep-alive", "connection-close", "keep-alive-2-workers"],
+)
 def test_sigterm_under_steady_load_loses_no_request(
-    node_app: NodeApp, start_offload: Callable[..., Offload], keep_alive: bool
+    node_app: NodeApp, start_offload: Callable[..., Offload], keep_alive: bool, workers: int
 ) -> None:
     server = start_offload(
-        "--upstream", node_app.address, "--static", FIXTURES, "--access-log", "off"
-    )
+        "--upstream", node_app.address, "--static", FIXTURES, "--access-log", "off",
+        "--workers", str(workers),
+    )  # fmt: skip
+    poll(f"{server.admin_url}/readyz", lambda response: response.status_code == 200)
     outcomes = asyncio.run(_load_through_sigterm(server, keep_alive=keep_alive))
     assert server.process.wait(timeout=15) == 0
     assert outcomes["answered before SIGTERM"] > 100, outcomes  # the load was real

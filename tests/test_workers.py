@@ -1,0 +1,154 @@
+"""--workers N: N processes on the public port, one admin listener whose answers cover them all."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from offload.workers import sum_metrics
+from tests.servers import FIXTURES, NodeApp, Offload, poll, run_offload
+
+WORKER_MARK = "spawn_main"  # in the command line of every process multiprocessing spawns
+
+
+def workers_of(primary: int) -> list[int]:
+    children = Path(f"/proc/{primary}/task/{primary}/children").read_text().split()
+    return [pid for pid in map(int, children) if WORKER_MARK in _command_line(pid)]
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value from an exposition; 0 when absent."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    pattern = rf"^{re.escape(name)}(?:\{{{re.escape(wanted)}\}})? (\S+)$" if wanted else None
+    for line in text.splitlines():
+        if pattern is None:
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        elif match := re.match(pattern, line):
+            return float(match.group(1))
+    return 0.0
+
+
+@pytest.fixture
+def two_workers(node_app: NodeApp, start_offload: Callable[..., Offload]) -> Offload:
+    server = start_offload("--upstream", node_app.address, "--static", FIXTURES, "--workers", "2")
+    poll(f"{server.admin_url}/readyz", lambda response: response.status_code == 200)
+    return server
+
+
+def test_two_workers_serve_and_the_admin_port_sums_their_metrics(
+    two_workers: Offload, offload: Offload
+) -> None:
+    assert len(workers_of(two_workers.process.pid)) == 2
+    for _ in range(20):  # a connection each, so both workers take some
+        for target in ("/style.css", "/api/small-json"):
+            response = httpx.get(two_workers.url + target, headers={"connection": "close"})
+            assert response.status_code == 200
+    text = httpx.get(f"{two_workers.admin_url}/metrics").text
+    requests = "offload_http_requests_total"
+    assert metric(text, requests, code="200", method="GET", route="static") == 20
+    assert metric(text, requests, code="200", method="GET", route="proxy") == 20
+    count = "offload_http_request_duration_seconds_count"
+    assert metric(text, count, method="GET", route="static") == 20
+    assert metric(text, "offload_http_requests_in_flight") == 0
+    # the same in every worker: reported once, not summed
+    single = httpx.get(f"{offload.admin_url}/metrics").text
+    assert metric(text, "offload_static_assets") == metric(single, "offload_static_assets") > 0
+    assert metric(text, "offload_upstream_up") == 1
+    assert 'offload_build_info{version="' in text
+
+
+def test_drain_covers_every_worker(two_workers: Offload) -> None:
+    assert httpx.get(f"{two_workers.admin_url}/readyz").status_code == 200
+    drained = httpx.post(f"{two_workers.admin_url}/drain")
+    assert drained.json() == {"draining": True, "in_flight": 0}
+    readiness = httpx.get(f"{two_workers.admin_url}/readyz")
+    assert readiness.status_code == 503
+    assert "draining" in readiness.text
+    for _ in range(6):  # whichever worker answers, it asks the client to go
+        response = httpx.get(two_workers.url + "/style.css", headers={"connection": "close"})
+        assert response.headers["connection"] == "close"
+    waited = httpx.get(f"{two_workers.admin_url}/drain?wait=2")
+    assert (waited.status_code, waited.json()) == (200, {"draining": True, "in_flight": 0})
+
+
+def test_a_worker_that_dies_is_replaced(two_workers: Offload) -> None:
+    primary = two_workers.process.pid
+    first, second = workers_of(primary)
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        now = workers_of(primary)
+        if len(now) == 2 and first not in now:
+            break
+        time.sleep(0.1)
+    assert first not in now
+    assert second in now
+    assert len(now) == 2, now
+    poll(f"{two_workers.admin_url}/readyz", lambda response: response.status_code == 200)
+    for _ in range(6):
+        response = httpx.get(two_workers.url + "/style.css", headers={"connection": "close"})
+        assert response.status_code == 200
+    assert "worker 0 exited" in two_workers.output() or "worker 1 exited" in two_workers.output()
+
+
+def test_sigterm_stops_every_worker_and_exits_0(two_workers: Offload) -> None:
+    pids = workers_of(two_workers.process.pid)
+    two_workers.process.send_signal(signal.SIGTERM)
+    assert two_workers.process.wait(timeout=20) == 0
+    assert not [pid for pid in pids if WORKER_MARK in _command_line(pid)]
+
+
+def test_workers_do_not_outlive_a_killed_primary(node_app: NodeApp) -> None:
+    with run_offload("--upstream", node_app.address, "--workers", "2") as server:
+        pids = workers_of(server.process.pid)
+        assert len(pids) == 2
+        server.process.kill()
+        server.process.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(WORKER_MARK in _command_line(p) for p in pids):
+            time.sleep(0.1)
+        assert not [pid for pid in pids if WORKER_MARK in _command_line(pid)]
+
+
+def test_sum_metrics_adds_counters_and_in_flight_and_keeps_other_gauges_once() -> None:
+    worker = """\
+# HELP offload_http_requests_total Requests answered
+# TYPE offload_http_requests_total counter
+offload_http_requests_total{{code="200",method="GET",route="static"}} {requests}
+# HELP offload_http_requests_created Requests answered
+# TYPE offload_http_requests_created gauge
+offload_http_requests_created{{code="200",method="GET",route="static"}} {created}
+# HELP offload_http_requests_in_flight Requests being answered
+# TYPE offload_http_requests_in_flight gauge
+offload_http_requests_in_flight {in_flight}
+# HELP offload_static_assets Paths in the static catalog
+# TYPE offload_static_assets gauge
+offload_static_assets 16.0
+"""
+    text = sum_metrics(
+        [
+            worker.format(requests=3.0, created=200.0, in_flight=1.0),
+            worker.format(requests=4.0, created=100.0, in_flight=2.0),
+        ]
+    ).decode()
+    labels = {"code": "200", "method": "GET", "route": "static"}
+    assert metric(text, "offload_http_requests_total", **labels) == 7
+    assert metric(text, "offload_http_requests_created", **labels) == 100
+    assert metric(text, "offload_http_requests_in_flight") == 3
+    assert metric(text, "offload_static_assets") == 16
+    assert "# TYPE offload_http_requests_total counter" in text
