@@ -59,7 +59,7 @@ class Workers:
     def _start(self, index: int) -> BaseProcess:
         process = self._context.Process(
             target=run_worker,
-            args=(self.config, self.public, str(self._admin_socket(index))),
+            args=(self.config, self.public, str(self._admin_socket(index)), os.getpid()),
             name=f"offload-worker-{index}",
         )
         process.start()
@@ -199,10 +199,12 @@ class _Fixed:
         return self._metrics
 
 
-def run_worker(config: Config, public: socket.socket, admin_path: str) -> None:
+def run_worker(config: Config, public: socket.socket, admin_path: str, primary: int) -> None:
     """A worker's main: the edge on the shared public socket, its admin API on a Unix socket."""
     if sys.platform.startswith("linux"):  # the primary killed outright: stop too, gracefully
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != primary:  # it died before the line above could take effect
+        sys.exit(1)
     from offload.server import serve_worker  # the server imports this module
 
     admin = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

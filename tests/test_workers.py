@@ -115,6 +115,7 @@ def test_sigterm_stops_every_worker_and_exits_0(two_workers: Offload) -> None:
 
 def test_workers_do_not_outlive_a_killed_primary(node_app: NodeApp) -> None:
     with run_offload("--upstream", node_app.address, "--workers", "2") as server:
+        poll(f"{server.admin_url}/readyz", lambda response: response.status_code == 200)
         pids = workers_of(server.process.pid)
         assert len(pids) == 2
         server.process.kill()
