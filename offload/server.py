@@ -79,9 +79,12 @@ class _Listener(uvicorn.Server):
        ``timeout_graceful_shutdown`` (``--drain-timeout``) to finish.
     """
 
-    def __init__(self, config: uvicorn.Config, listening: socket.socket) -> None:
+    def __init__(
+        self, config: uvicorn.Config, listening: socket.socket, *, drain_seconds: float
+    ) -> None:
         super().__init__(config)
         self.listening = listening
+        self.drain_seconds = drain_seconds
 
     async def run(self) -> None:  # type: ignore[override]  # serves its own socket
         await self.serve(sockets=[self.listening.dup()])
@@ -97,12 +100,27 @@ class _Listener(uvicorn.Server):
         self.listening.close()
         for connection in waiting:
             await self._serve_accepted(connection)
-        linger = min(LINGER_SECONDS, self.config.timeout_graceful_shutdown or 0)
+        linger = min(LINGER_SECONDS, self.drain_seconds)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(linger):
                 while self.server_state.connections:  # noqa: ASYNC110  (a set: no event to wait on)
                     await asyncio.sleep(0.02)
-        await super().shutdown()
+        loop = asyncio.get_running_loop()
+        cut = loop.call_later(max(0.0, self.drain_seconds - linger), self._cut_connections)
+        try:
+            await super().shutdown()
+        finally:
+            cut.cancel()
+
+    def _cut_connections(self) -> None:
+        """--drain-timeout is over: close what is still open. Each request then ends as a
+        client that left (the proxy stops reading the app), rather than uvicorn cancelling
+        its task a little later with a traceback in the log."""
+        connections = list(self.server_state.connections)
+        if connections:
+            logger.warning("drain timeout: closing %d connections still open", len(connections))
+        for connection in connections:
+            connection.transport.close()
 
     async def _serve_accepted(self, connection: socket.socket) -> None:
         config = self.config
@@ -149,9 +167,11 @@ def _create_listener(
             # uvicorn trusts X-Forwarded-For from loopback by default; trust is offload's call
             proxy_headers=False,  # offload writes Date itself: see responses.HttpDateClock
             log_config=None,
-            timeout_graceful_shutdown=math.ceil(config.drain_timeout_seconds),
+            # a backstop: offload closes what is left at --drain-timeout (see _cut_connections)
+            timeout_graceful_shutdown=math.ceil(config.drain_timeout_seconds) + 2,
         ),
         listening,
+        drain_seconds=config.drain_timeout_seconds,
     )
 
 
@@ -212,34 +232,38 @@ async def _serve(
 
     Stopping goes in the order that loses nothing: the front drains (responses close their
     connections, WebSockets get 1001) while the admin listener still answers ``/readyz`` with
-    503; then the admin listener stops; then the supervised app gets SIGTERM, once no request
-    can still need it."""
+    503; the supervised app gets SIGTERM once no new request can reach it; the admin listener
+    stops last."""
     child = None
     if command:
         child = Supervisor(command, stop_timeout_seconds=config.drain_timeout_seconds)
         await child.start()
-
-    signalled: list[int] = []
-
-    def on_signal(sig: int) -> None:
-        signalled.append(sig)
-        front.begin_shutdown()
-
+    signalled = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(sig, signalled.set)
     serving = asyncio.create_task(front.run())
     answering = asyncio.create_task(admin.run())
     watched: list[asyncio.Future[Any]] = [serving, answering]
+    watched.append(asyncio.create_task(signalled.wait()))
     if child is not None:
         watched.append(asyncio.create_task(child.wait()))
-    done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+    done, pending = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     # the app ending of its own accord, not because offload passed it a signal to stop
-    app_died = child is not None and watched[-1] in done and not signalled
+    app_died = child is not None and watched[-1] in done and not signalled.is_set()
     front.begin_shutdown()  # a signal, a listener that could not bind, or the app gone
+    if child is not None:
+        # Once offload takes no new request (the linger is over), the app is told to stop: it
+        # finishes what is in flight and can end its own streams, which would otherwise hold
+        # the drain for all of --drain-timeout.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(serving), LINGER_SECONDS + 0.25)
+        child.terminate()
     await serving
     admin.should_exit = True
     await answering
+    for task in pending - {serving, answering}:
+        task.cancel()
     if child is None:
         return 0
     status = await child.stop()

@@ -1,5 +1,5 @@
 """The app as offload's child, for ``offload [options] -- COMMAND ...``: shared fate on a VM, in a
-plain container or in development. offload starts the app, forwards SIGTERM/SIGINT to it, stops
+plain container or in development. offload starts the app, passes SIGTERM on to it, stops
 when it exits (with its failure status), and the app dies with offload even on a hard kill."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class Supervisor:
         self.command = list(command)
         self.stop_timeout_seconds = stop_timeout_seconds
         self.process: asyncio.subprocess.Process | None = None
+        self._asked = False
 
     async def start(self) -> None:
         try:
@@ -39,16 +40,18 @@ class Supervisor:
         assert self.process is not None
         return await self.process.wait()
 
-    def forward(self, sig: int) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(sig)
+    def terminate(self) -> None:
+        """Ask the app to stop (SIGTERM), once."""
+        if self.process is not None and self.process.returncode is None and not self._asked:
+            self._asked = True
+            self.process.terminate()
 
     async def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL after the timeout; the child's exit status."""
+        """SIGTERM unless already sent, then SIGKILL after the timeout; the exit status."""
         if self.process is None:
             return None
+        self.terminate()
         if self.process.returncode is None:
-            self.process.terminate()
             try:
                 async with asyncio.timeout(self.stop_timeout_seconds):
                     return await self.process.wait()

@@ -16,8 +16,9 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.servers import FIXTURES, NodeApp, Offload, poll
+from tests.servers import FIXTURES, ROOT, NodeApp, Offload, free_port, poll
 
+EXAMPLE_APP = ROOT / "examples" / "node-app"
 LOAD_CLIENTS = 16
 LOAD_SECONDS_BEFORE_SIGTERM = 1.0
 
@@ -71,9 +72,11 @@ async def _read_response(reader: asyncio.StreamReader) -> dict[str, str]:
     return headers
 
 
-async def _load_through_sigterm(server: Offload, *, keep_alive: bool) -> collections.Counter[str]:
+async def _load_through_sigterm(
+    server: Offload, *, keep_alive: bool, proxied: bytes = b"/api/small-json"
+) -> collections.Counter[str]:
     outcomes: collections.Counter[str] = collections.Counter()
-    targets = [b"/index.html", b"/api/small-json"]  # static and proxied, half each
+    targets = [b"/index.html", proxied]  # static and proxied, half each
     clients = [
         asyncio.create_task(
             _load_client(server.port, targets[n % 2], outcomes, keep_alive=keep_alive)
@@ -141,6 +144,9 @@ def test_a_stream_gets_the_drain_timeout_and_no_more(
         with pytest.raises(httpx.RemoteProtocolError):
             list(chunks)  # cut off: the app never finished it
     assert 1.0 <= took < 5.0
+    log = server.output()
+    assert "drain timeout: closing 1 connections still open" in log
+    assert "Traceback" not in log
 
 
 def test_sigterm_closes_websockets_with_1001_on_both_sides(
@@ -164,3 +170,31 @@ def test_sigterm_closes_websockets_with_1001_on_both_sides(
     assert server.process.wait(timeout=15) == 0
     app_side = httpx.get(f"http://127.0.0.1:{node_app.port}/api/ws-close?id={socket_id}")
     assert app_side.json() == {"code": 1001, "reason": "offload is shutting down"}
+
+
+def test_supervised_app_stops_after_the_drain_and_ends_its_streams(
+    start_offload: Callable[..., Offload],
+) -> None:
+    """``-- COMMAND``: under load, with an event stream open, SIGTERM loses no request, and
+    offload does not wait out --drain-timeout for the stream: the app, told to stop once no
+    new request can reach it, ends its streams itself."""
+    app = EXAMPLE_APP
+    port = free_port()
+    server = start_offload(
+        "--upstream", f"127.0.0.1:{port}", "--static", app / "public", "--access-log", "off",
+        "--", "node", app / "server.js",
+        env={"PORT": str(port)},
+    )  # fmt: skip
+    poll(f"{server.admin_url}/readyz", lambda response: response.status_code == 200)
+    identity = {"accept-encoding": "identity"}
+    with httpx.stream("GET", f"{server.url}/api/events", headers=identity, timeout=10) as events:
+        chunks = events.iter_raw()  # held: dropping it would close the connection
+        assert b"event: time" in next(chunks)
+        started = time.monotonic()
+        outcomes = asyncio.run(_load_through_sigterm(server, keep_alive=True, proxied=b"/api/time"))
+        assert server.process.wait(timeout=15) == 0
+        took = time.monotonic() - started - LOAD_SECONDS_BEFORE_SIGTERM
+        list(chunks)  # the app ended the stream: it closes cleanly
+    assert outcomes["answered before SIGTERM"] > 100, outcomes
+    assert outcomes["lost"] == 0, outcomes
+    assert took < 5, f"{took:.1f} s: the stream held the drain"
