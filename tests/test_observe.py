@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from offload import __version__
-from tests.servers import FIXTURES, NodeApp, Offload, free_port, poll
+from tests.servers import FIXTURES, NodeApp, Offload, free_port, poll, start_node_app
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -41,6 +41,24 @@ class TestReadiness:
         assert response.status_code == 503
         assert "the app does not accept connections" in response.text
         assert httpx.get(server.admin_url + "/livez").status_code == 200  # never the app's fault
+
+    def test_readiness_follows_the_app_going_down_and_coming_back(
+        self, start_offload: Callable[..., Offload]
+    ) -> None:
+        app = start_node_app()
+        try:
+            server = start_offload("--upstream", app.address, "--static", FIXTURES)
+            ready = poll(server.admin_url + "/readyz", lambda r: r.status_code == 200)
+            assert ready.status_code == 200
+            app.stop()
+            down = poll(server.admin_url + "/readyz", lambda r: r.status_code == 503)
+            assert "the app does not accept connections" in down.text
+            assert httpx.get(server.url + "/style.css").status_code == 200  # static goes on
+            app = start_node_app(port=app.port)
+            back = poll(server.admin_url + "/readyz", lambda r: r.status_code == 200)
+            assert back.status_code == 200
+        finally:
+            app.stop()
 
     def test_drain_fails_readiness_and_closes_connections(
         self, node_app: NodeApp, start_offload: Callable[..., Offload]
