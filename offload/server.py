@@ -76,7 +76,7 @@ class _Listener(uvicorn.Server):
        draining, every response carries ``Connection: close``, so a busy client learns to go
        elsewhere from its next response instead of losing a request to a closed connection.
     3. uvicorn's own shutdown follows: idle connections are closed, and requests in flight get
-       ``timeout_graceful_shutdown`` (``--drain-timeout``) to finish.
+       the rest of ``--drain-timeout`` to finish; then what is still open is closed.
     """
 
     def __init__(
