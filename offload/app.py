@@ -109,8 +109,10 @@ class Edge:
             raw_path=scope.get("raw_path"),
             client_request_id=_client_request_id(scope),
         )
-        state = {**scope.get("state", {}), STATE_KEY: facts}
-        await self._hooked({**scope, "path": checked, "state": state}, receive, send)
+        # The scope is this request's own (uvicorn makes one per request, state included)
+        scope["path"] = checked
+        scope.setdefault("state", {})[STATE_KEY] = facts
+        await self._hooked(scope, receive, send)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         facts = request_facts(scope)

@@ -15,7 +15,7 @@ from starlette.types import Scope
 STATE_KEY = "offload"
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestFacts:
     """>>> facts = scope["state"]["offload"]; facts.route  # "static", "proxy" or "websocket"
 

@@ -54,6 +54,21 @@ def select_encoding(header: str | None, available: tuple[str, ...]) -> str:
     """
     if header is None or not available:
         return IDENTITY
+    key = (header, available)
+    chosen = _chosen.get(key)
+    if chosen is None:
+        if len(_chosen) >= _CHOSEN_MAX:
+            _chosen.clear()
+        chosen = _chosen[key] = _select(header, available)
+    return chosen
+
+
+# Clients send a handful of distinct Accept-Encoding values: each is parsed once.
+_CHOSEN_MAX = 1024
+_chosen: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def _select(header: str, available: tuple[str, ...]) -> str:
     qualities = parse_accept_encoding(header)
     star = qualities.get("*")
 

@@ -7,16 +7,21 @@ Log lines are batched and written at most every 0.2 s, so a request costs no wri
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import json
 import logging
 import os
 import select
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload.facts import request_facts
@@ -24,6 +29,7 @@ from offload.facts import request_facts
 LOG_FORMATS = ("json", "text", "off")
 FLUSH_EVERY_SECONDS = 0.2
 ATOMIC_WRITE_BYTES = select.PIPE_BUF  # 4096 on Linux: a pipe write this small is never split
+DURATION_BUCKETS = Histogram.DEFAULT_BUCKETS[:-1]  # prometheus-client's, less the +Inf
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the response
 
 
@@ -46,19 +52,10 @@ class Metrics:
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
-        self.requests = Counter(
-            "offload_http_requests", "Requests answered", ["route", "method", "code"],
-            registry=registry,
-        )  # fmt: skip
-        self.duration = Histogram(
-            "offload_http_request_duration_seconds", "Time to the last byte", ["route", "method"],
-            registry=registry,
-        )  # fmt: skip
+        self.answered = AnsweredRequests()
+        registry.register(self.answered)
         self.in_flight = Gauge(
             "offload_http_requests_in_flight", "Requests being answered", registry=registry
-        )
-        self.response_bytes = Counter(
-            "offload_http_response_size_bytes", "Body bytes sent", ["route"], registry=registry
         )
         self.upstream_errors = Counter(
             "offload_upstream_errors", "Failures reaching the app", ["kind"], registry=registry
@@ -70,22 +67,70 @@ class Metrics:
             "offload_static_assets", "Paths in the static catalog", registry=registry
         )
         Info("offload_build", "offload's version", registry=registry).info({"version": version})
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     def record(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
-        """One answered request. Label lookups are cached: this runs once per request."""
+        self.answered.record(route, method, status, seconds, sent)
+
+
+class _Tally:
+    __slots__ = ("buckets", "count", "seconds", "sent")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.sent = 0
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf only
+
+
+class AnsweredRequests:
+    """The per-request metrics — ``offload_http_requests_total``,
+    ``offload_http_request_duration_seconds`` and ``offload_http_response_size_bytes_total`` —
+    kept as plain numbers per (route, method, status) and turned into metric families only when
+    scraped. A request costs one dictionary lookup and a few additions, a fraction of what three
+    prometheus-client children (each with a lock) cost on every request."""
+
+    def __init__(self) -> None:
+        self._tallies: dict[tuple[str, str, int], _Tally] = {}
+
+    def record(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
         key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.requests.labels(route, method, str(status)),
-                self.duration.labels(route, method),
-                self.response_bytes.labels(route),
-            )
-        requests, duration, response_bytes = children
-        requests.inc()
-        duration.observe(seconds)
-        response_bytes.inc(sent)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = _Tally()
+        tally.count += 1
+        tally.seconds += seconds
+        tally.sent += sent
+        tally.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "offload_http_requests", "Requests answered", labels=["route", "method", "code"]
+        )
+        sizes = CounterMetricFamily(
+            "offload_http_response_size_bytes", "Body bytes sent", labels=["route"]
+        )
+        durations: dict[tuple[str, str], tuple[list[int], float]] = {}
+        sent: dict[str, int] = {}
+        for (route, method, status), tally in self._tallies.items():
+            requests.add_metric([route, method, str(status)], tally.count)
+            sent[route] = sent.get(route, 0) + tally.sent
+            counts, total = durations.get((route, method), ([0] * len(tally.buckets), 0.0))
+            counts = [mine + theirs for mine, theirs in zip(counts, tally.buckets, strict=True)]
+            durations[(route, method)] = (counts, total + tally.seconds)
+        histogram = HistogramMetricFamily(
+            "offload_http_request_duration_seconds",
+            "Time to the last byte",
+            labels=["route", "method"],
+        )
+        bounds = [*map(floatToGoString, DURATION_BUCKETS), "+Inf"]
+        for labels, (counts, total) in durations.items():
+            cumulative = list(itertools.accumulate(counts))
+            histogram.add_metric(list(labels), list(zip(bounds, cumulative, strict=True)), total)
+        for route, value in sent.items():
+            sizes.add_metric([route], value)
+        yield requests
+        yield histogram
+        yield sizes
 
 
 _UPSTREAM_ERROR_KINDS = {

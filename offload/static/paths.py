@@ -24,12 +24,19 @@ def parse_request_path(path: str) -> tuple[str, ...]:
     return segments
 
 
+# What a path needs to hold for `canonical_path` to change or refuse it ("/." also covers
+# dot-files, which the slow path lets through: it only decides, it does not refuse them).
+_NOT_PLAIN = ("//", "/.", "\\", "\x00")
+
+
 def canonical_path(path: str) -> str:
     """The one form of a path that hooks, the static lookup and the access log all see.
 
     >>> canonical_path("//docs//guide/")
     '/docs/guide/'
     """
+    if path.startswith("/") and not any(mark in path for mark in _NOT_PLAIN):
+        return path  # nothing to collapse or refuse: most requests, at no cost
     segments = parse_request_path(path)
     trailing = "/" if segments and path.endswith("/") else ""
     return "/" + "/".join(segments) + trailing

@@ -26,6 +26,9 @@ from offload.static.http import (
 )
 
 STREAM_CHUNK_BYTES = 256 * 1024
+_CONDITIONALS = frozenset(
+    {b"if-match", b"if-unmodified-since", b"if-none-match", b"if-modified-since"}
+)
 _REQUEST_HEADERS = frozenset(
     {
         b"accept-encoding",
@@ -238,6 +241,8 @@ def _plan(method: str, asset: Asset, request: dict[bytes, str]) -> _Plan:
         else:
             ranges = None
     representation = asset.representation(coding)
+    if ranges is None and _CONDITIONALS.isdisjoint(request):  # most requests: a plain GET
+        return _Plan(asset, representation, status=200, with_body=method != "HEAD")
     precondition = evaluate_preconditions(
         method=method,
         etag=representation.etag,
