@@ -88,30 +88,35 @@ async def _bridge(
     upstream: aiohttp.ClientWebSocketResponse,
     going_away: asyncio.Event,
 ) -> None:
-    """Pump both ways until either side closes, or offload stops (1001 to both sides); the
-    other pump is then cancelled."""
-    pumps = {
-        asyncio.create_task(_client_to_app(receive, upstream)),
-        asyncio.create_task(_app_to_client(upstream, send)),
-    }
+    """Pump both ways until either side closes, or offload stops (1001 to both sides). The
+    other pump is cancelled first, so the close to the app is the only reader of its reply."""
+    from_client = asyncio.create_task(_client_to_app(receive, upstream))
+    from_app = asyncio.create_task(_app_to_client(upstream, send))
     leaving = asyncio.create_task(going_away.wait())
+    tasks = (from_client, from_app, leaving)
     try:
-        done, _ = await asyncio.wait({*pumps, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (*pumps, leaving):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*pumps, leaving, return_exceptions=True)
-    if done == {leaving}:
-        await send(_close_message(_GOING_AWAY, "offload is shutting down"))
-        with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
-            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-                await upstream.close(code=_GOING_AWAY, message=b"offload is shutting down")
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if from_app in done:
+        from_app.result()  # it closed the client's side, or failed: the bridge with it
         return
-    for pump in done - {leaving}:
-        pump.result()  # a failure in a pump is a failure of the bridge
+    if from_client in done:
+        code, reason = from_client.result()  # the client closed: pass its code on
+    else:
+        await send(_close_message(_GOING_AWAY, "offload is shutting down"))
+        code, reason = _GOING_AWAY, "offload is shutting down"
+    with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+            await upstream.close(code=_UNSENDABLE.get(code, code), message=reason.encode())
 
 
-async def _client_to_app(receive: Receive, upstream: aiohttp.ClientWebSocketResponse) -> None:
+async def _client_to_app(
+    receive: Receive, upstream: aiohttp.ClientWebSocketResponse
+) -> tuple[int, str]:
+    """Client frames to the app until the client closes; its close code and reason."""
     while True:
         message = await receive()
         if message["type"] == "websocket.receive":
@@ -120,12 +125,7 @@ async def _client_to_app(receive: Receive, upstream: aiohttp.ClientWebSocketResp
             else:
                 await upstream.send_bytes(message.get("bytes") or b"")
         elif message["type"] == "websocket.disconnect":
-            code = int(message.get("code") or 1005)
-            reason = (message.get("reason") or "").encode()
-            with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-                    await upstream.close(code=_UNSENDABLE.get(code, code), message=reason)
-            return
+            return int(message.get("code") or 1005), message.get("reason") or ""
 
 
 async def _app_to_client(upstream: aiohttp.ClientWebSocketResponse, send: Send) -> None:

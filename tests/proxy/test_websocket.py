@@ -14,7 +14,7 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.servers import Offload, free_port
+from tests.servers import NodeApp, Offload, free_port
 
 MAX_MESSAGE = 16 * 1024 * 1024
 
@@ -153,3 +153,30 @@ def poll_json(url: str, done: Callable[[dict[str, object]], bool]) -> dict[str, 
         if done(body) or time.monotonic() > deadline:
             return body
         time.sleep(0.05)
+
+
+def test_clients_closing_leave_no_error_behind(
+    node_app: NodeApp, start_offload: Callable[..., Offload]
+) -> None:
+    """Each client's close reaches the app with its code, and offload logs no failure: the
+    close to the app is the only reader of the app's reply (two readers raced here once)."""
+    server = start_offload("--upstream", node_app.address)
+    ids = [uuid.uuid4().hex for _ in range(16)]
+
+    async def one(session: aiohttp.ClientSession, socket_id: str) -> None:
+        ws = await connect(session, ws_url(server, f"/ws/echo?id={socket_id}"))
+        for _ in range(20):
+            await ws.send_str("ping")
+            await ws.receive()
+        await ws.close(code=1000)
+
+    async def all_at_once() -> None:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(one(session, socket_id) for socket_id in ids))
+
+    asyncio.run(all_at_once())
+    for socket_id in ids:
+        record = poll_json(f"{server.url}/api/ws-close?id={socket_id}", lambda body: bool(body))
+        assert record == {"code": 1000, "reason": ""}
+    time.sleep(0.3)
+    assert "Traceback" not in server.output()
