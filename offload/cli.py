@@ -169,7 +169,7 @@ OPTIONS = (
     Option(
         "--in-memory-max-bytes",
         "in_memory_max_bytes",
-        "files up to this size are held in memory",
+        "files up to this size are held in memory once requested (64 MiB in all)",
         "BYTES",
         _parse_integer("a number of bytes"),
     ),

@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -23,6 +24,7 @@ from offload.static import compress, media
 from offload.static.assets import (
     Asset,
     AssetFacts,
+    FileIdentity,
     Redirect,
     Representation,
     Source,
@@ -34,7 +36,7 @@ from offload.static.paths import is_hidden
 logger = logging.getLogger("offload.static")
 
 INDEX_FILE = "index.html"
-IN_MEMORY_BUDGET_BYTES = 128 * 1024 * 1024
+HOT_BUDGET_BYTES = 64 * 1024 * 1024
 VARIANT_BUDGET_BYTES = 64 * 1024 * 1024
 WATCH_DEBOUNCE_MS = 200
 POLL_SECONDS = 2.0
@@ -66,6 +68,7 @@ class Catalog:
         self.entries: dict[str, Asset | Redirect] = {}
         self.generation = 0  # scans completed
         self.variants = compress.VariantCache(VARIANT_BUDGET_BYTES)
+        self.hot = HotFiles(HOT_BUDGET_BYTES)
         self._sources: dict[str, Source] = {}  # real path -> what the last scan read
         self._scan_lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -99,6 +102,20 @@ class Catalog:
             self.entries, self._sources = scan.entries, scan.sources
             self.generation += 1
         self._variants_wanted.set()
+
+    async def read_small(self, representation: Representation) -> bytes | None:
+        """The body of a file small enough to hold (``in_memory_max_bytes``): from memory once
+        it has been asked for, so a hot file costs no system call; ``None`` if the file is no
+        longer the one described."""
+        body = self.hot.get(representation)
+        if body is None:
+            body = await asyncio.to_thread(self._read_whole, representation)
+            if body is not None:
+                self.hot.put(representation, body)
+        return body
+
+    def is_small(self, representation: Representation) -> bool:
+        return representation.size <= self.settings.in_memory_max_bytes
 
     def open_representation(self, representation: Representation) -> int | None:
         """A descriptor for a representation not held in memory, if the file is still the one
@@ -212,7 +229,6 @@ class _Scan:
         self.previous = previous
         self.entries: dict[str, Asset | Redirect] = {}
         self.sources: dict[str, Source] = {}
-        self.memory_bytes = 0
         self.visited: set[str] = set()
         self.now = int(time.time())
 
@@ -311,27 +327,22 @@ class _Scan:
         """The file's digest, and its bytes if small enough to hold. What an earlier scan read
         is reused while the file's identity (device, inode, size, mtime) is unchanged, so a
         rescan costs a stat per file."""
-        size = status.st_size
-        hold = size <= self.catalog.settings.in_memory_max_bytes and (
-            self.memory_bytes + size <= IN_MEMORY_BUDGET_BYTES
-        )
-        identity = (status.st_dev, status.st_ino, size, status.st_mtime_ns)
+        identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
         source = self.previous.get(real_path)
-        if source is None or source.file_identity != identity or (source.body is not None) != hold:
-            source = self._read_anew(real_path, hold=hold)
+        if source is None or source.file_identity != identity:
+            source = self._read_anew(real_path)
         if source is None:
             return None
-        self.memory_bytes += source.size if source.body is not None else 0
         self.sources[real_path] = source
         return source
 
-    def _read_anew(self, real_path: str, *, hold: bool) -> Source | None:
+    def _read_anew(self, real_path: str) -> Source | None:
         opened = open_inside(self.catalog.root, real_path)
         if opened is None:
             return None
         fd, file_identity = opened
         try:
-            return read_source(fd, real_path, file_identity, hold=hold)
+            return read_source(fd, real_path, file_identity)
         finally:
             os.close(fd)
 
@@ -349,3 +360,31 @@ def directory_redirect(name: str) -> Redirect:
     """RFC 9110 §15.4.9: 308 keeps the method. The relative reference keeps working behind a
     path-rewriting proxy; "./" stops a name with ":" reading as a scheme."""
     return Redirect(location="./" + quote(name, safe="!$&'()*+,;=@") + "/")
+
+
+class HotFiles:
+    """Bodies of small files, kept after their first request while ``budget_bytes`` allows;
+    the least recently served goes first. Keyed by path and file identity, so a changed file is
+    never served from an old copy; the copy simply ages out."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.bytes = 0
+        self._bodies: OrderedDict[tuple[str | None, FileIdentity | None], bytes] = OrderedDict()
+
+    def get(self, representation: Representation) -> bytes | None:
+        key = (representation.path, representation.file_identity)
+        body = self._bodies.get(key)
+        if body is not None:
+            self._bodies.move_to_end(key)
+        return body
+
+    def put(self, representation: Representation, body: bytes) -> None:
+        key = (representation.path, representation.file_identity)
+        if key in self._bodies or len(body) > self.budget_bytes:
+            return
+        while self.bytes + len(body) > self.budget_bytes:
+            _, evicted = self._bodies.popitem(last=False)
+            self.bytes -= len(evicted)
+        self._bodies[key] = body
+        self.bytes += len(body)

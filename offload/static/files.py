@@ -68,21 +68,17 @@ def read_exactly(fd: int, offset: int, length: int) -> bytes:
     return data
 
 
-def read_source(fd: int, real_path: str, identity: FileIdentity, *, hold: bool) -> Source | None:
-    """The content digest of an open file, and its bytes when ``hold`` is set. The digest is of
-    the bytes themselves, so every replica and every rebuild of the same file agrees."""
+def read_source(fd: int, real_path: str, identity: FileIdentity) -> Source | None:
+    """The content digest of an open file. The digest is of the bytes themselves, so every
+    replica and every rebuild of the same file agrees."""
     size = identity[2]
     digest = hashlib.blake2b(digest_size=16)
-    chunks: list[bytes] = []
     offset = 0
     try:
         while offset < size:
             chunk = read_exactly(fd, offset, min(READ_CHUNK_BYTES, size - offset))
             digest.update(chunk)
-            if hold:
-                chunks.append(chunk)
             offset += len(chunk)
     except OSError:
         return None  # changed while read: the watcher brings the next version
-    body = b"".join(chunks) if hold else None
-    return Source(digest.hexdigest(), size, body, None if hold else real_path, identity)
+    return Source(digest.hexdigest(), size, None, real_path, identity)

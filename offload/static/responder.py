@@ -7,7 +7,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from starlette.types import Receive, Scope, Send
 
@@ -83,9 +83,18 @@ class StaticResponder:
         request = _request_headers(scope["headers"])
         plan = _plan(scope["method"], entry, request)
         if not plan.needs_file:
-            await plan.send(send, None, _still_connected)
+            await plan.send(send, _Body(None, _still_connected))
             return entry
-        fd = await _open(self.catalog, plan.representation)
+        if self.catalog.is_small(plan.representation):
+            data = self.catalog.hot.get(plan.representation)  # a hot file: no await at all
+            if data is None:
+                data = await self.catalog.read_small(plan.representation)
+            if data is not None:
+                await plan.send(send, _Body(None, _still_connected, data))
+                return entry
+            fd = None
+        else:
+            fd = await _open(self.catalog, plan.representation)
         if fd is None:  # changed on disk before the watcher saw it: describe it anew
             if not may_rescan:
                 return None
@@ -96,7 +105,7 @@ class StaticResponder:
         # uvicorn drops what is sent after a disconnect: stop reading the file instead
         disconnected = asyncio.create_task(_wait_for_disconnect(receive))
         try:
-            await plan.send(send, fd, lambda: not disconnected.done())
+            await plan.send(send, _Body(fd, lambda: not disconnected.done()))
         finally:
             disconnected.cancel()
             os.close(fd)
@@ -163,7 +172,7 @@ class _Plan:
         has_body = self.with_body and self.status in (200, 206)
         return has_body and self.representation.body is None
 
-    async def send(self, send: Send, fd: int | None, is_connected: Callable[[], bool]) -> None:
+    async def send(self, send: Send, body: _Body) -> None:
         date = (b"date", http_date.now())
         representation = self.representation
         if self.status == NOT_MODIFIED:
@@ -179,11 +188,11 @@ class _Plan:
             )
             await send({"type": "http.response.body", "body": b""})
         elif self.status == 206:
-            await self._send_ranges(send, _Body(fd, is_connected), date)
+            await self._send_ranges(send, body, date)
         else:
             await _start(send, 200, (*representation.headers, date))
             ranges: list[ByteRange] | None = [] if not self.with_body else None
-            await _send_body(send, representation, _Body(fd, is_connected), ranges)
+            await _send_body(send, representation, body, ranges)
 
     async def _send_ranges(self, send: Send, body: _Body, date: Header) -> None:
         identity = self.asset.identity
@@ -261,12 +270,14 @@ def _plan(method: str, asset: Asset, request: dict[bytes, str]) -> _Plan:
     return _Plan(asset, representation, status=200, with_body=method != "HEAD")
 
 
-@dataclass(frozen=True)
-class _Body:
-    """Where a body not held in memory is read from, and whether anyone still listens."""
+class _Body(NamedTuple):
+    """Where the bytes come from when the representation holds none (a built variant does):
+    ``data`` read whole (a small file), or the open ``fd`` read in chunks while anyone still
+    listens."""
 
     fd: int | None
     is_connected: Callable[[], bool]
+    data: bytes | None = None
 
 
 async def _send_body(
@@ -282,8 +293,12 @@ async def _send_body(
     ends (`TruncatedFile`); reading stops when the client has gone."""
     if ranges is None:
         ranges = [ByteRange(0, representation.size - 1)] if representation.size else []
-    if representation.body is not None:
-        body = b"".join(representation.body[part.start : part.end + 1] for part in ranges)
+    held = representation.body if representation.body is not None else source.data
+    if not ranges:  # HEAD, or an empty file: nothing to read
+        await send({"type": "http.response.body", "body": b"", "more_body": not final})
+        return
+    if held is not None:
+        body = b"".join(held[part.start : part.end + 1] for part in ranges)
         await send({"type": "http.response.body", "body": body, "more_body": not final})
         return
     fd = source.fd

@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from offload.static.assets import Representation
+from offload.static.catalog import HotFiles
 from tests.servers import Offload, poll, run_offload
 
 IDENTITY = {"accept-encoding": "identity"}  # compare the bytes on disk, not a variant
@@ -148,3 +150,27 @@ def _bytes_read(server: Offload) -> int:
     """Bytes the offload process has read with read-like calls (Linux /proc/PID/io)."""
     io = Path(f"/proc/{server.process.pid}/io").read_text()
     return int(next(line for line in io.splitlines() if line.startswith("rchar:")).split()[1])
+
+
+def test_hot_files_keep_the_most_recently_served_within_the_budget() -> None:
+    def representation(name: str, size: int) -> Representation:
+        return Representation(
+            coding="identity", size=size, etag='"x"', headers=(), not_modified_headers=(),
+            body=None, path=f"/srv/{name}", file_identity=(1, hash(name), size, 0),
+        )  # fmt: skip
+
+    hot = HotFiles(budget_bytes=10)
+    a, b, c = representation("a", 4), representation("b", 4), representation("c", 4)
+    hot.put(a, b"aaaa")
+    hot.put(b, b"bbbb")
+    assert hot.get(a) == b"aaaa"  # a is now the most recent
+    hot.put(c, b"cccc")  # over budget: b, the least recent, goes
+    assert (hot.get(a), hot.get(b), hot.get(c)) == (b"aaaa", None, b"cccc")
+    assert hot.bytes == 8
+    hot.put(representation("huge", 11), b"h" * 11)  # larger than the whole budget: not kept
+    assert hot.bytes == 8
+    changed = Representation(
+        coding="identity", size=4, etag='"y"', headers=(), not_modified_headers=(),
+        body=None, path="/srv/a", file_identity=(1, hash("a"), 4, 1),
+    )  # fmt: skip
+    assert hot.get(changed) is None  # same path, new mtime: never the old bytes

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +115,32 @@ def test_empty_file_is_200_with_zero_length(client: httpx.Client) -> None:
     assert response.status_code == 200
     assert response.headers["content-length"] == "0"
     assert response.content == b""
+
+
+def test_head_of_a_file_not_held_in_memory_has_no_body(scratch: Scratch) -> None:
+    data = os.urandom(200 * 1024)  # past --in-memory-max-bytes: it would stream from disk
+    (scratch.root / "large-head.bin").write_bytes(data)
+    poll(scratch.url + "/large-head.bin", lambda r: r.status_code == 200)
+    with httpx.Client(base_url=scratch.url) as client:
+        head = client.head("/large-head.bin")
+        assert head.status_code == 200
+        assert head.headers["content-length"] == str(len(data))
+        assert head.content == b""
+    # the same connection serves on: a failure after the head would have closed it
+    port = int(scratch.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        request = b"%s /large-head.bin HTTP/1.1\r\nHost: t\r\n\r\n"
+        connection.sendall(request % b"HEAD")
+        time.sleep(0.2)
+        connection.sendall(request % b"GET")
+        received = b""
+        while not received.endswith(data):  # the socket's timeout bounds the wait
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    assert received.count(b"HTTP/1.1 200 OK") == 2
+    assert received.endswith(data)
 
 
 def test_large_file_streams_exactly(scratch: Scratch) -> None:
