@@ -25,7 +25,9 @@ from offload.static.http import (
     parse_range,
 )
 
-STREAM_CHUNK_BYTES = 256 * 1024
+# 5 MB at 64 connections: 256 KiB chunks gave 0.63x nginx's rate, 512 KiB 0.74x for about
+# 50 MB more peak RSS (each connection holds a chunk and uvicorn's buffer of the last one)
+STREAM_CHUNK_BYTES = 512 * 1024
 _CONDITIONALS = frozenset(
     {b"if-match", b"if-unmodified-since", b"if-none-match", b"if-modified-since"}
 )
