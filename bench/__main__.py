@@ -1,4 +1,4 @@
-"""``python -m bench``: run the static benchmark and print its table."""
+"""``python -m bench``: run the benchmark and print its tables (``--help`` for the options)."""
 
 from bench.run import main
 

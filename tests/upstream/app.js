@@ -9,6 +9,7 @@ const { attachWebSocketServer, closeRecord } = require("./websocket.js");
 
 const releases = new Map(); // stream id -> function that finishes that stream
 const streamStates = new Map(); // stream id -> "open" | "finished" | "aborted"
+const fanouts = new Map(); // fan-out group id -> its open event streams
 
 function json(res, status, body, headers = {}) {
   const data = JSON.stringify(body);
@@ -90,6 +91,40 @@ function release(res, id) {
   json(res, finish ? 200 : 404, { released: Boolean(finish) });
 }
 
+// Counts the request body and answers its length: an upload the app reads to the end.
+function upload(req, res) {
+  let bytes = 0;
+  req.on("data", (chunk) => {
+    bytes += chunk.length;
+  });
+  req.on("end", () => json(res, 200, { bytes }));
+}
+
+// Server-Sent Events fan-out (bench/fanout.py): every GET /api/fanout?id=GROUP stays open until
+// the client leaves; each POST /api/fanout/send?id=GROUP sends all of them one event stamped with
+// the time. X-Accel-Buffering: no makes nginx pass the events on rather than buffer them.
+function subscribe(res, id) {
+  res.writeHead(200, {
+    "content-type": "text/event-stream",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+  });
+  res.write(": subscribed\n\n");
+  const group = fanouts.get(id) || new Set();
+  fanouts.set(id, group.add(res));
+  res.on("close", () => {
+    group.delete(res);
+    if (group.size === 0 && fanouts.get(id) === group) fanouts.delete(id);
+  });
+}
+
+function broadcast(res, id) {
+  const group = fanouts.get(id) || new Set();
+  const event = `data: ${JSON.stringify({ sent: Date.now() })}\n\n`;
+  for (const subscriber of group) subscriber.write(event);
+  json(res, 200, { clients: group.size });
+}
+
 function download(res, bytes) {
   const chunk = Buffer.alloc(64 * 1024, "x");
   res.writeHead(200, { "content-type": "application/octet-stream", "content-length": bytes });
@@ -136,6 +171,14 @@ const server = http.createServer((req, res) => {
       return setTimeout(() => json(res, 200, { slow: true }), Number(url.searchParams.get("ms")));
     case "/api/download":
       return download(res, Number(url.searchParams.get("bytes")));
+    case "/api/upload":
+      return upload(req, res);
+    case "/api/fanout":
+      return subscribe(res, id);
+    case "/api/fanout/send":
+      return broadcast(res, id);
+    case "/api/fanout/clients":
+      return json(res, 200, { clients: (fanouts.get(id) || new Set()).size });
     case "/api/events":
       return events(req, res, id);
     case "/api/big-json":
