@@ -63,6 +63,14 @@ class _CorkedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's own signature
         super().connection_made(cast(asyncio.Transport, _CorkedTransport(transport, self.loop)))
 
+    def handle_websocket_upgrade(self) -> None:
+        # a WebSocket writes one frame at a time: it gets the real transport, without the
+        # corking's callback per write
+        corked = cast(_CorkedTransport, self.transport)
+        corked._flush()
+        self.transport = corked._transport
+        super().handle_websocket_upgrade()
+
 
 class _Listener(uvicorn.Server):
     """A uvicorn server that leaves signals to `serve` (one signal must stop both listeners)
