@@ -228,6 +228,27 @@ OPTIONS = (
         _parse_seconds,
     ),
     Option(
+        "--client-header-timeout",
+        "client_header_timeout_seconds",
+        "seconds a request head may take to arrive whole; past it, 408",
+        "SECONDS",
+        _parse_seconds,
+    ),
+    Option(
+        "--client-body-timeout",
+        "client_body_timeout_seconds",
+        "seconds a request body may pause between two reads; past it, 408",
+        "SECONDS",
+        _parse_seconds,
+    ),
+    Option(
+        "--max-connections",
+        "max_connections",
+        "open client connections past which requests get 503 with Retry-After; 0: no limit",
+        "N",
+        _parse_integer("a number of connections"),
+    ),
+    Option(
         "--workers",
         "workers",
         "processes serving the public port; the admin API sums their metrics",

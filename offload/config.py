@@ -131,6 +131,9 @@ class Config:
     access_log: str = "json"
     drain_timeout_seconds: float = 25.0
     workers: int = 1
+    client_header_timeout_seconds: float = 10.0
+    client_body_timeout_seconds: float = 60.0
+    max_connections: int = 4096
     command: tuple[str, ...] = ()  # `offload ... -- COMMAND`: the app, run as offload's child
 
     def __post_init__(self) -> None:
@@ -152,7 +155,14 @@ class Config:
                 raise ConfigError(name, getattr(self, name), str(error)) from None
         if self.port == self.admin_port and self.admin_address == self.host:
             raise ConfigError("admin_port", self.admin_port, "must differ from the public port")
-        for name in ("read_timeout_seconds", "connect_timeout_seconds"):
+        if self.max_connections < 0:
+            raise ConfigError("max_connections", self.max_connections, "must be >= 0")
+        for name in (
+            "read_timeout_seconds",
+            "connect_timeout_seconds",
+            "client_header_timeout_seconds",
+            "client_body_timeout_seconds",
+        ):
             seconds = getattr(self, name)
             if not (seconds > 0 and math.isfinite(seconds)):
                 raise ConfigError(name, seconds, "must be a positive number of seconds")

@@ -12,64 +12,22 @@ import signal
 import socket
 import sys
 from collections.abc import Coroutine, Iterator, Sequence
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol
 
 import uvicorn
 import uvloop
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from offload.admin import AdminApp, EdgeSubject, Subject
 from offload.app import Edge, create_app
 from offload.config import Config, ConfigError
 from offload.observe import JsonFormatter
+from offload.protocol import Limits, enforce_deadlines, with_limits
 from offload.supervise import Supervisor
 from offload.workers import Workers
 
 logger = logging.getLogger("offload")
 GC_YOUNG_THRESHOLD = 10_000  # CPython's default is 700
 LINGER_SECONDS = 1.0  # at shutdown, for keep-alive connections to end by themselves
-
-
-class _CorkedTransport:
-    """A transport whose writes in one turn of the event loop leave in one system call: uvicorn
-    writes a response's head as soon as it is sent, and its body right after; joined, they
-    cost one send() instead of two. Everything else goes to the real transport."""
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(data)
-
-    def _flush(self) -> None:
-        if self._pending:
-            data, self._pending = b"".join(self._pending), []
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._transport, name)
-
-
-class _CorkedHttpToolsProtocol(HttpToolsProtocol):
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's own signature
-        super().connection_made(cast(asyncio.Transport, _CorkedTransport(transport, self.loop)))
-
-    def handle_websocket_upgrade(self) -> None:
-        # a WebSocket writes one frame at a time: it gets the real transport, without the
-        # corking's callback per write
-        corked = cast(_CorkedTransport, self.transport)
-        corked._flush()
-        self.transport = corked._transport
-        super().handle_websocket_upgrade()
 
 
 class _Listener(uvicorn.Server):
@@ -101,7 +59,12 @@ class _Listener(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self._deadlines = asyncio.create_task(enforce_deadlines(self.server_state))
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._deadlines.cancel()
         for server in self.servers:
             server.close()  # closes the duplicate
         waiting = _accept_waiting(self.listening)
@@ -167,7 +130,13 @@ def _create_listener(
     return _Listener(
         uvicorn.Config(
             app,  # type: ignore[arg-type]  # uvicorn types apps as its own ASGI protocol union
-            http=_CorkedHttpToolsProtocol,
+            http=with_limits(
+                Limits(
+                    header_timeout_seconds=config.client_header_timeout_seconds,
+                    body_timeout_seconds=config.client_body_timeout_seconds,
+                    max_connections=config.max_connections,
+                )
+            ),
             # websockets' Sans-I/O protocol: about 1.5x the echo rate of uvicorn's default
             # (the legacy websockets protocol) through offload, measured with bench.wsecho
             ws="websockets-sansio",

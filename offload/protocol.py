@@ -1,0 +1,214 @@
+"""offload's HTTP/1.1 connection: uvicorn's httptools protocol, with the limits uvicorn does not
+enforce and the write corking that saves a system call per response.
+
+Limits (nginx's names in brackets):
+- a request head must arrive whole within ``--client-header-timeout``, counted from the
+  connection's start or the request's first byte, else 408 (``client_header_timeout``);
+- a request body may pause for at most ``--client-body-timeout`` between two reads, else 408,
+  or the connection closes if the response has started (``client_body_timeout``);
+- a request line longer than `MAX_REQUEST_LINE_BYTES` gets 414, a header block larger than
+  `MAX_HEADER_BYTES` or with more than `MAX_HEADERS` fields 431
+  (``large_client_header_buffers``);
+- past ``--max-connections`` open connections, a request gets 503 with ``Retry-After``.
+Deadlines are checked by a sweep every `SWEEP_SECONDS` (`enforce_deadlines`), so a request
+costs no timer of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import ClassVar, cast
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+MAX_REQUEST_LINE_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADERS = 100
+SWEEP_SECONDS = 0.5
+RETRY_AFTER_SECONDS = 1
+_REASONS = {
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """See the module's docstring; 0 ``max_connections`` means no limit."""
+
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0
+    max_connections: int = 0
+
+
+class _Refused(Exception):
+    """Raised from a parser callback: httptools stops parsing, uvicorn answers through
+    `EdgeHttpProtocol.send_400_response`, which sends this status instead."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class _CorkedTransport:
+    """A transport whose writes in one turn of the event loop leave in one system call: uvicorn
+    writes a response's head as soon as it is sent, and its body right after; joined, they
+    cost one send() instead of two. Everything else goes to the real transport."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data, self._pending = b"".join(self._pending), []
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
+class EdgeHttpProtocol(HttpToolsProtocol):
+    """One client connection. `limits` is set on a subclass per listener (`with_limits`)."""
+
+    limits: ClassVar[Limits] = Limits()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's own signature
+        super().connection_made(cast(asyncio.Transport, _CorkedTransport(transport, self.loop)))
+        self._head_bytes = 0
+        self._refusal: _Refused | None = None
+        self._deadline: float | None = time.monotonic() + self.limits.header_timeout_seconds
+        self._in_head = False  # a request's first byte has come, its head not yet whole
+        self._in_body = False
+
+    def handle_websocket_upgrade(self) -> None:
+        # a WebSocket writes one frame at a time: it gets the real transport, without the
+        # corking's callback per write, and no deadline of the HTTP request's
+        corked = cast(_CorkedTransport, self.transport)
+        corked._flush()
+        self.transport = corked._transport
+        self._deadline = None
+        super().handle_websocket_upgrade()
+
+    # -- deadlines ------------------------------------------------------------------------------
+
+    def expire(self, now: float) -> None:
+        """Called by the sweep: end the connection if its head or body is overdue."""
+        if self._deadline is None or now < self._deadline or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self._in_body and (cycle is None or not cycle.more_body):
+            self._deadline = None  # the body is whole (or there was none): nothing to wait for
+            return
+        if self._in_body and self.flow.read_paused:  # the app stopped reading, not the client
+            self._deadline = now + self.limits.body_timeout_seconds
+            return
+        self._deadline = None
+        if self._in_head:
+            self._answer_and_close(408, "the request head did not arrive in time")
+        elif not self._in_body:
+            self.transport.close()  # not one byte of a request: nothing to answer
+        elif cycle is not None and not cycle.response_started:
+            cycle.disconnected = True  # the app's answer, if any, is dropped: 408 goes instead
+            cycle.message_event.set()
+            self._answer_and_close(408, "the request body stalled")
+        else:
+            self.transport.close()
+
+    # -- parser callbacks -------------------------------------------------------------------------
+
+    # These run for every request: the base class is called directly, a little cheaper than
+    # super(), and only what the limits need is done here.
+
+    def on_message_begin(self) -> None:
+        HttpToolsProtocol.on_message_begin(self)
+        self._head_bytes = 0
+        self._in_head = True
+        self._in_body = False
+        self._deadline = time.monotonic() + self.limits.header_timeout_seconds
+
+    def on_url(self, url: bytes) -> None:
+        HttpToolsProtocol.on_url(self, url)
+        if len(self.url) > MAX_REQUEST_LINE_BYTES:
+            self._refuse(414, "the request target is too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEADER_BYTES:
+            self._refuse(431, "the request's header fields are too large")
+        HttpToolsProtocol.on_header(self, name, value)
+
+    def on_headers_complete(self) -> None:
+        if len(self.headers) > MAX_HEADERS:  # memory is bounded by the bytes: counted once
+            self._refuse(431, "the request has too many header fields")
+        limit = self.limits.max_connections
+        if limit and len(self.connections) > limit:
+            self._refuse(503, "too many connections: try again shortly")
+        HttpToolsProtocol.on_headers_complete(self)
+        self._in_head = False
+        self._in_body = True
+        self._deadline = time.monotonic() + self.limits.body_timeout_seconds
+
+    def on_body(self, body: bytes) -> None:
+        HttpToolsProtocol.on_body(self, body)
+        self._deadline = time.monotonic() + self.limits.body_timeout_seconds
+
+    # -- refusals -------------------------------------------------------------------------------
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self._refusal = _Refused(status, reason)
+        raise self._refusal
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request httptools could not parse, or that a callback here
+        refused: then the refusal's own status."""
+        refusal, self._refusal = self._refusal, None
+        if refusal is None:
+            super().send_400_response(msg)
+        else:
+            self._answer_and_close(refusal.status, refusal.reason)
+
+    def _answer_and_close(self, status: int, reason: str) -> None:
+        body = f"{reason}\n".encode()
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n",
+        ]
+        if status == 503:
+            head.append(b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS)
+        self.transport.write(b"".join([*head, b"\r\n", body]))
+        self.transport.close()
+
+
+def with_limits(limits: Limits) -> type[EdgeHttpProtocol]:
+    """The protocol class for a listener with these limits."""
+    return type("EdgeHttpProtocol", (EdgeHttpProtocol,), {"limits": limits})
+
+
+async def enforce_deadlines(state: ServerState) -> None:
+    """Every `SWEEP_SECONDS`, end the connections whose head or body is overdue."""
+    while True:
+        await asyncio.sleep(SWEEP_SECONDS)
+        now = time.monotonic()
+        for connection in list(state.connections):
+            if isinstance(connection, EdgeHttpProtocol):
+                connection.expire(now)
