@@ -9,7 +9,9 @@ Limits (nginx's names in brackets):
 - a request line longer than `MAX_REQUEST_LINE_BYTES` gets 414, a header block larger than
   `MAX_HEADER_BYTES` or with more than `MAX_HEADERS` fields 431
   (``large_client_header_buffers``);
-- past ``--max-connections`` open connections, a request gets 503 with ``Retry-After``.
+- past ``--max-connections`` open connections, a request gets 503 with ``Retry-After``;
+- an HTTP/1.1 request without exactly one valid Host gets 400 (RFC 9112 §3.2), and a version
+  other than 1.0 and 1.1 (0.9, 2.0 spoken as text) gets 505.
 Deadlines are checked by a sweep every `SWEEP_SECONDS` (`enforce_deadlines`), so a request
 costs no timer of its own.
 """
@@ -17,6 +19,7 @@ costs no timer of its own.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from typing import ClassVar, cast
@@ -30,11 +33,15 @@ MAX_HEADERS = 100
 SWEEP_SECONDS = 0.5
 RETRY_AFTER_SECONDS = 1
 _REASONS = {
+    400: b"Bad Request",
     408: b"Request Timeout",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
     503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
 }
+# RFC 9110 §7.2: uri-host [":" port]; a reg-name, an IPv4 address or a bracketed IPv6 literal
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?")
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         HttpToolsProtocol.on_message_begin(self)
         self._head_bytes = 0
+        self._hosts = 0
         self._in_head = True
         self._in_body = False
         self._deadline = time.monotonic() + self.limits.header_timeout_seconds
@@ -154,10 +162,19 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         if self._head_bytes > MAX_HEADER_BYTES:
             self._refuse(431, "the request's header fields are too large")
         HttpToolsProtocol.on_header(self, name, value)
+        if self.headers[-1][0] == b"host":
+            self._hosts += 1
+            if not _HOST.fullmatch(value):
+                self._refuse(400, "the Host header is not a valid host")
 
     def on_headers_complete(self) -> None:
         if len(self.headers) > MAX_HEADERS:  # memory is bounded by the bytes: counted once
             self._refuse(431, "the request has too many header fields")
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            self._refuse(505, "offload speaks HTTP/1.0 and HTTP/1.1 here")
+        if self._hosts > 1 or (self._hosts == 0 and version == "1.1"):
+            self._refuse(400, "an HTTP/1.1 request needs exactly one Host header")  # RFC 9112 §3.2
         limit = self.limits.max_connections
         if limit and len(self.connections) > limit:
             self._refuse(503, "too many connections: try again shortly")
