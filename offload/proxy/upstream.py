@@ -269,8 +269,9 @@ class _Connection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Keep-alive connections to the app. Idle ones are reused newest first and dropped after
-    ``keepalive_seconds``; with ``max_connections``, requests wait for a free one."""
+    """Keep-alive connections to the app. Idle ones are reused newest first and closed once idle
+    for ``keepalive_seconds`` (a sweep closes them even when no request comes to reuse them);
+    with ``max_connections``, requests wait for a free one."""
 
     def __init__(
         self,
@@ -285,6 +286,7 @@ class UpstreamPool:
         self.max_connections = max_connections
         self.keepalive_seconds = keepalive_seconds
         self._idle: list[_Connection] = []
+        self._sweep: asyncio.TimerHandle | None = None
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
@@ -388,7 +390,20 @@ class UpstreamPool:
     def give_back(self, connection: _Connection) -> None:
         connection.idle_since = time.monotonic()
         self._idle.append(connection)
+        if self._sweep is None:
+            loop = asyncio.get_running_loop()
+            self._sweep = loop.call_later(self.keepalive_seconds, self._close_expired)
         self._wake_one()
+
+    def _close_expired(self) -> None:
+        """Close the connections idle too long; they are the oldest, at the list's start."""
+        self._sweep = None
+        now = time.monotonic()
+        while self._idle and now - self._idle[0].idle_since >= self.keepalive_seconds:
+            self._idle.pop(0).close()
+        if self._idle:
+            wait = self.keepalive_seconds - (now - self._idle[0].idle_since)
+            self._sweep = asyncio.get_running_loop().call_later(wait, self._close_expired)
 
     def forget(self, connection: _Connection) -> None:
         """A connection closed: its slot is free."""
@@ -405,6 +420,9 @@ class UpstreamPool:
                 return
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for connection in self._idle:
             connection.close()
         self._idle.clear()
