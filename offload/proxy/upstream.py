@@ -25,6 +25,7 @@ from offload.config import Upstream
 Header = tuple[bytes, bytes]
 
 HIGH_WATER_BYTES = 256 * 1024  # response bytes held before reading from the app pauses
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024  # past it, 502 (nginx: "upstream sent too big header")
 # RFC 9110 §9.2.2: safe to send twice
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -53,6 +54,8 @@ class UpstreamResponse:
         self._method = method
         self.status = 0
         self.headers: list[Header] = []
+        self.head_bytes = 0  # of the fields parsed so far: the app's head is limited too
+        self.received_before_head = 0  # bytes read while no head was complete
         self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -99,6 +102,9 @@ class UpstreamResponse:
     # -- called by the connection's parser --------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_RESPONSE_HEAD_BYTES:
+            raise UpstreamMalformed("the app's response head is too large")  # nginx: 502 too
         self.headers.append((name, value))
 
     def on_headers_complete(self, status: int) -> bool:
@@ -106,6 +112,12 @@ class UpstreamResponse:
         if 100 <= status < 200:
             self.headers = []
             return False
+        codings = b",".join(
+            value for key, value in self.headers if key.lower() == b"transfer-encoding"
+        )
+        if codings and codings.strip().lower() != b"chunked":
+            # offload would pass gzip'd bytes on as the body: refuse, as nginx does
+            raise UpstreamMalformed("the app used a transfer coding other than chunked")
         self.status = status
         if not self.head.done():
             self.head.set_result(None)
@@ -180,7 +192,12 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
+            response = self.response
+            if response is not None and not response.status:  # one huge field, still coming
+                response.received_before_head += len(data)
+                if response.received_before_head > MAX_RESPONSE_HEAD_BYTES:
+                    raise UpstreamMalformed("the app's response head is too large")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade, UpstreamMalformed) as error:
             if self.response is not None:
                 self.response.fail(UpstreamMalformed(f"the app's response is malformed: {error}"))
             self.close()
