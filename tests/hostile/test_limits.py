@@ -137,11 +137,14 @@ def test_300_slow_loris_connections_do_not_slow_normal_requests(strict: Offload)
         thread.start()
     try:
         time.sleep(0.5)
+        latencies = []
         with httpx.Client(base_url=strict.url, timeout=5) as client:
             for _ in range(20):
                 started = time.monotonic()
                 assert client.get("/style.css").status_code == 200
-                assert time.monotonic() - started < 0.5
+                latencies.append(time.monotonic() - started)
+        print(f"\nwith 300 slow-loris connections: slowest of 20 requests {max(latencies):.4f} s")
+        assert max(latencies) < 0.5
     finally:
         for thread in threads:
             thread.join(timeout=10)
