@@ -290,8 +290,8 @@ class HttpProxy:
                 return await request
         # a body still arriving: the timeout starts once it is all sent
         sending = asyncio.ensure_future(request)
+        body_sent = asyncio.ensure_future(reader.body_complete.wait())
         try:
-            body_sent = asyncio.ensure_future(reader.body_complete.wait())
             await asyncio.wait((sending, body_sent), return_when=asyncio.FIRST_COMPLETED)
             body_sent.cancel()
             async with asyncio.timeout(self.settings.read_timeout_seconds):
@@ -303,6 +303,7 @@ class HttpProxy:
             raise
         finally:
             sending.cancel()
+            body_sent.cancel()  # also when cancelled inside the wait: no task left pending
 
 
 def _note(facts: RequestFacts | None, error: str) -> None:

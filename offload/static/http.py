@@ -41,7 +41,7 @@ def parse_http_date(value: str) -> int | None:
     for form in _HTTP_DATES:
         if match := form.fullmatch(value.strip()):
             year = int(match["year"])
-            if year < 100:  # §5.6.7: a two-digit year more than 50 years ahead is in the past
+            if len(match["year"]) == 2:  # §5.6.7: more than 50 years ahead is in the past
                 year += 2000 if year + 2000 <= time.gmtime().tm_year + 50 else 1900
             month = _MONTHS.split("|").index(match["month"]) + 1
             fields = (int(match["day"]), int(match["hour"]), int(match["minute"]))
@@ -171,7 +171,7 @@ def parse_range(header: str, size: int) -> list[ByteRange] | Unsatisfiable | Non
         if match is None or match.group(0) == "-":
             return None
         first, last = match.groups()
-        if first and last and int(first) > int(last):
+        if first and last and _position(first) > _position(last):
             return None  # §14.1.1: an invalid range-spec makes the whole header invalid
         if (satisfiable := _satisfiable(first, last, size)) is not None:
             requested.append(satisfiable)
@@ -182,14 +182,21 @@ def parse_range(header: str, size: int) -> list[ByteRange] | Unsatisfiable | Non
     return _merge(requested) if requested else UNSATISFIABLE
 
 
+def _position(digits: str) -> int:
+    """A byte position; any beyond 19 digits is past every file (and Python's int() refuses
+    strings over 4,300 digits, which a 32 KiB header holds)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else 2**63
+
+
 def _satisfiable(first: str, last: str, size: int) -> ByteRange | None:
     if not first:  # suffix: the last N bytes
-        suffix = int(last)
+        suffix = _position(last)
         return ByteRange(max(0, size - suffix), size - 1) if suffix > 0 else None
-    start = int(first)
+    start = _position(first)
     if start >= size:
         return None
-    return ByteRange(start, min(int(last), size - 1) if last else size - 1)
+    return ByteRange(start, min(_position(last), size - 1) if last else size - 1)
 
 
 def _merge(ranges: list[ByteRange]) -> list[ByteRange]:
