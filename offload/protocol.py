@@ -100,6 +100,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's own signature
         super().connection_made(cast(asyncio.Transport, _CorkedTransport(transport, self.loop)))
         self._head_bytes = 0
+        self._head_reads = 0  # bytes read after the one a head began in, while it is unfinished
         self._refusal: _Refused | None = None
         self._deadline: float | None = time.monotonic() + self.limits.header_timeout_seconds
         self._in_head = False  # a request's first byte has come, its head not yet whole
@@ -139,6 +140,20 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         else:
             self.transport.close()
 
+    def data_received(self, data: bytes) -> None:
+        HttpToolsProtocol.data_received(self, data)
+        # httptools hands over a header field only once it is whole, so one huge field would be
+        # buffered unseen by `on_header`: what a still unfinished head has taken is counted
+        # here (not the read it began in, which may hold pipelined requests before it)
+        if self._in_head and not self.transport.is_closing():
+            if self._head_reads >= 0:
+                self._head_reads += len(data)
+                if self._head_reads > MAX_REQUEST_LINE_BYTES + MAX_HEADER_BYTES:
+                    self._in_head = False
+                    self._answer_and_close(431, "the request's header fields are too large")
+            else:
+                self._head_reads = 0
+
     # -- parser callbacks -------------------------------------------------------------------------
 
     # These run for every request: the base class is called directly, a little cheaper than
@@ -147,6 +162,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         HttpToolsProtocol.on_message_begin(self)
         self._head_bytes = 0
+        self._head_reads = -1  # this read: not counted
         self._hosts = 0
         self._in_head = True
         self._in_body = False

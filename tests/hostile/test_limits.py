@@ -5,6 +5,7 @@ well-behaved client cannot send what these tests send."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -92,6 +93,18 @@ def test_a_header_block_too_large_gets_431(strict: Offload, headers: str) -> Non
     response = raw_request(strict.port, request)
     assert response.status == 431
     assert httpx.get(f"{strict.url}/style.css").status_code == 200  # nothing else suffers
+
+
+def test_one_header_field_growing_without_end_gets_431(strict: Offload) -> None:
+    """httptools passes a field on only once it is whole: the bytes are counted as they come."""
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as connection:
+        connection.sendall(b"GET /style.css HTTP/1.1\r\nHost: t\r\nX-Big: ")
+        with contextlib.suppress(OSError):  # offload may close while this is still sending
+            for _ in range(64):  # 4 MiB at most, far past the 40 KiB a head may take
+                connection.sendall(b"a" * 65536)
+        received = read_all(connection)
+    assert received.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert httpx.get(f"{strict.url}/style.css").status_code == 200
 
 
 def test_past_max_connections_requests_get_503_with_retry_after(
