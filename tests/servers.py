@@ -215,3 +215,11 @@ def poll(
         if done(response) or time.monotonic() > deadline:
             return response
         time.sleep(0.05)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a Prometheus exposition; 0 when absent."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
+    line = next((line for line in text.splitlines() if line.startswith(prefix)), None)
+    return float(line.split()[-1]) if line else 0.0

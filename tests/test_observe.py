@@ -11,14 +11,7 @@ import httpx
 import pytest
 
 from offload import __version__
-from tests.servers import FIXTURES, NodeApp, Offload, free_port, poll, start_node_app
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
-    line = next((line for line in text.splitlines() if line.startswith(prefix)), None)
-    return float(line.split()[-1]) if line else 0.0
+from tests.servers import FIXTURES, NodeApp, Offload, free_port, metric, poll, start_node_app
 
 
 def access_lines(server: Offload) -> list[dict[str, object]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from offload.workers import sum_metrics
-from tests.servers import FIXTURES, NodeApp, Offload, poll, run_offload
+from tests.servers import FIXTURES, NodeApp, Offload, metric, poll, run_offload
 
 WORKER_MARK = "spawn_main"  # in the command line of every process multiprocessing spawns
 
@@ -28,19 +27,6 @@ def _command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """One sample's value from an exposition; 0 when absent."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    pattern = rf"^{re.escape(name)}(?:\{{{re.escape(wanted)}\}})? (\S+)$" if wanted else None
-    for line in text.splitlines():
-        if pattern is None:
-            if line.startswith(f"{name} "):
-                return float(line.split()[1])
-        elif match := re.match(pattern, line):
-            return float(match.group(1))
-    return 0.0
 
 
 @pytest.fixture
