@@ -104,14 +104,12 @@ class Catalog:
         self._variants_wanted.set()
 
     async def read_small(self, representation: Representation) -> bytes | None:
-        """The body of a file small enough to hold (``in_memory_max_bytes``): from memory once
-        it has been asked for, so a hot file costs no system call; ``None`` if the file is no
-        longer the one described."""
-        body = self.hot.get(representation)
-        if body is None:
-            body = await asyncio.to_thread(self._read_whole, representation)
-            if body is not None:
-                self.hot.put(representation, body)
+        """Read a file small enough to hold (``in_memory_max_bytes``) and keep it in `hot`,
+        which serves it from then on without a system call; ``None`` if the file is no longer
+        the one described. Callers look in `hot` first."""
+        body = await asyncio.to_thread(self._read_whole, representation)
+        if body is not None:
+            self.hot.put(representation, body)
         return body
 
     def is_small(self, representation: Representation) -> bool:
