@@ -15,7 +15,7 @@ import os
 import select
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -24,13 +24,15 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from offload.facts import request_facts
+from offload.facts import RequestFacts, request_facts
+from offload.responses import Whole
 
 LOG_FORMATS = ("json", "text", "off")
 FLUSH_EVERY_SECONDS = 0.2
 ATOMIC_WRITE_BYTES = select.PIPE_BUF  # 4096 on Linux: a pipe write this small is never split
 DURATION_BUCKETS = Histogram.DEFAULT_BUCKETS[:-1]  # prometheus-client's, less the +Inf
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the response
+FactsMaker = Callable[[], RequestFacts]
 
 
 @dataclass
@@ -227,20 +229,56 @@ class ObserveMiddleware:
                 status = 101
             await send(message)
 
-        self.state.in_flight += 1  # the gauge is set from this at scrape time
-        if self.state.in_flight == 1:
-            self.state.idle.clear()
+        self._begin()
         try:
             await self.app(scope, receive, observed_send)
         finally:
-            self.state.in_flight -= 1
-            if self.state.in_flight == 0:
-                self.state.idle.set()
-            self._record(scope, status, sent_bytes, time.perf_counter() - started)
+            self._end()
+            facts = request_facts(scope)
+            route = (facts.route if facts else None) or "none"
+            self._record(scope, facts, route, status, sent_bytes, time.perf_counter() - started)
 
-    def _record(self, scope: Scope, status: int, sent_bytes: int, seconds: float) -> None:
-        facts = request_facts(scope)
-        route = (facts.route if facts else None) or "none"
+    async def send_whole(
+        self, scope: Scope, send: Send, whole: Whole, *, route: str, facts: FactsMaker
+    ) -> None:
+        """Send a response known in full, observed as `__call__` observes one, without its
+        wrapper around ``send``: the edge's fast path for static hits when there are no hooks.
+        ``facts`` are made only for the access log."""
+        started = time.perf_counter()
+        headers = whole.headers
+        if self.state.draining:
+            headers = (*headers, (b"connection", b"close"))
+        status = 0
+        self._begin()
+        try:
+            await send({"type": "http.response.start", "status": whole.status, "headers": headers})
+            status = whole.status
+            await send({"type": "http.response.body", "body": whole.body})
+        finally:
+            self._end()
+            made = facts() if self.log.log_format != "off" else None
+            seconds = time.perf_counter() - started
+            self._record(scope, made, route, status, len(whole.body), seconds)
+
+    def _begin(self) -> None:
+        self.state.in_flight += 1  # the gauge is set from this at scrape time
+        if self.state.in_flight == 1:
+            self.state.idle.clear()
+
+    def _end(self) -> None:
+        self.state.in_flight -= 1
+        if self.state.in_flight == 0:
+            self.state.idle.set()
+
+    def _record(
+        self,
+        scope: Scope,
+        facts: RequestFacts | None,
+        route: str,
+        status: int,
+        sent_bytes: int,
+        seconds: float,
+    ) -> None:
         error = facts.error if facts else None
         if error == "client_closed" or status == 0:
             status = CLIENT_CLOSED if status == 0 else status
@@ -252,7 +290,12 @@ class ObserveMiddleware:
 
 
 def _log_record(
-    scope: Scope, facts: object, status: int, sent_bytes: int, seconds: float, route: str
+    scope: Scope,
+    facts: RequestFacts | None,
+    status: int,
+    sent_bytes: int,
+    seconds: float,
+    route: str,
 ) -> dict[str, object]:
     """The access-log fields. No Authorization, no Cookie: only what is named here is logged."""
     headers = dict(scope.get("headers", []))

@@ -99,8 +99,9 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's own signature
         super().connection_made(cast(asyncio.Transport, _CorkedTransport(transport, self.loop)))
-        self._head_bytes = 0
+        self._read_bytes = 0  # the size of the read being parsed
         self._head_reads = 0  # bytes read after the one a head began in, while it is unfinished
+        self._valid_host = b""  # the last Host value found valid: most connections send one
         self._refusal: _Refused | None = None
         self._deadline: float | None = time.monotonic() + self.limits.header_timeout_seconds
         self._in_head = False  # a request's first byte has come, its head not yet whole
@@ -141,55 +142,60 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        self._read_bytes = len(data)
         HttpToolsProtocol.data_received(self, data)
         # httptools hands over a header field only once it is whole, so one huge field would be
-        # buffered unseen by `on_header`: what a still unfinished head has taken is counted
-        # here (not the read it began in, which may hold pipelined requests before it)
+        # buffered unseen: what a still unfinished head has taken is counted here (not the
+        # read it began in, which may hold pipelined requests before it)
         if self._in_head and not self.transport.is_closing():
             if self._head_reads >= 0:
                 self._head_reads += len(data)
                 if self._head_reads > MAX_REQUEST_LINE_BYTES + MAX_HEADER_BYTES:
                     self._in_head = False
-                    self._answer_and_close(431, "the request's header fields are too large")
+                    if len(self.url) > MAX_REQUEST_LINE_BYTES:
+                        self._answer_and_close(414, "the request target is too long")
+                    else:
+                        self._answer_and_close(431, "the request's header fields are too large")
             else:
                 self._head_reads = 0
 
     # -- parser callbacks -------------------------------------------------------------------------
 
-    # These run for every request: the base class is called directly, a little cheaper than
-    # super(), and only what the limits need is done here.
+    # These run for every request, so the limits are checked once the head is whole rather than
+    # field by field (a head is at most one read, or is counted by `data_received`), and the
+    # base class is called directly, a little cheaper than super().
 
     def on_message_begin(self) -> None:
         HttpToolsProtocol.on_message_begin(self)
-        self._head_bytes = 0
         self._head_reads = -1  # this read: not counted
-        self._hosts = 0
         self._in_head = True
         self._in_body = False
         self._deadline = time.monotonic() + self.limits.header_timeout_seconds
 
-    def on_url(self, url: bytes) -> None:
-        HttpToolsProtocol.on_url(self, url)
+    def on_headers_complete(self) -> None:
+        headers = self.headers
         if len(self.url) > MAX_REQUEST_LINE_BYTES:
             self._refuse(414, "the request target is too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_HEADER_BYTES:
-            self._refuse(431, "the request's header fields are too large")
-        HttpToolsProtocol.on_header(self, name, value)
-        if self.headers[-1][0] == b"host":
-            self._hosts += 1
-            if not _HOST.fullmatch(value):
-                self._refuse(400, "the Host header is not a valid host")
-
-    def on_headers_complete(self) -> None:
-        if len(self.headers) > MAX_HEADERS:  # memory is bounded by the bytes: counted once
+        if len(headers) > MAX_HEADERS:
             self._refuse(431, "the request has too many header fields")
+        # a head that came in one small read is small: only a large read, or a head spread over
+        # several, is measured
+        measured = self._read_bytes > MAX_HEADER_BYTES or self._head_reads >= 0
+        if (
+            measured
+            and sum(len(name) + len(value) + 4 for name, value in headers) > MAX_HEADER_BYTES
+        ):
+            self._refuse(431, "the request's header fields are too large")
         version = self.parser.get_http_version()
         if version not in ("1.1", "1.0"):
             self._refuse(505, "offload speaks HTTP/1.0 and HTTP/1.1 here")
-        if self._hosts > 1 or (self._hosts == 0 and version == "1.1"):
+        hosts = [value for name, value in headers if name == b"host"]
+        if len(hosts) == 1:
+            if hosts[0] != self._valid_host:
+                if not _HOST.fullmatch(hosts[0]):
+                    self._refuse(400, "the Host header is not a valid host")
+                self._valid_host = hosts[0]
+        elif hosts or version == "1.1":
             self._refuse(400, "an HTTP/1.1 request needs exactly one Host header")  # RFC 9112 §3.2
         limit = self.limits.max_connections
         if limit and len(self.connections) > limit:

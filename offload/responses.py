@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import NamedTuple
 
 from starlette.types import Send
 
@@ -31,6 +32,14 @@ class HttpDateClock:
 
 
 http_date = HttpDateClock()
+
+
+class Whole(NamedTuple):
+    """A response known in full before its first byte is sent."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
 
 
 async def send_plain_text(

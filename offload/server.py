@@ -143,9 +143,9 @@ def _create_listener(
             lifespan=lifespan,
             access_log=False,
             server_header=False,  # the app's Server header passes through untouched
-            date_header=False,
+            date_header=False,  # offload writes Date itself: see responses.HttpDateClock
             # uvicorn trusts X-Forwarded-For from loopback by default; trust is offload's call
-            proxy_headers=False,  # offload writes Date itself: see responses.HttpDateClock
+            proxy_headers=False,
             log_config=None,
             # a backstop: offload closes what is left at --drain-timeout (see _cut_connections)
             timeout_graceful_shutdown=math.ceil(config.drain_timeout_seconds) + 2,

@@ -24,9 +24,16 @@ def parse_request_path(path: str) -> tuple[str, ...]:
     return segments
 
 
-# What a path needs to hold for `canonical_path` to change or refuse it ("/." also covers
-# dot-files, which the slow path lets through: it only decides, it does not refuse them).
-_NOT_PLAIN = ("//", "/.", "\\", "\x00")
+def is_plain(path: str) -> bool:
+    """Whether `canonical_path` returns ``path`` as it is: nothing to collapse or refuse.
+    ("/." also covers dot-files, which are allowed here but not plain: it only decides.)"""
+    return (
+        path.startswith("/")
+        and "//" not in path
+        and "/." not in path
+        and "\\" not in path
+        and "\x00" not in path
+    )
 
 
 def canonical_path(path: str) -> str:
@@ -35,8 +42,8 @@ def canonical_path(path: str) -> str:
     >>> canonical_path("//docs//guide/")
     '/docs/guide/'
     """
-    if path.startswith("/") and not any(mark in path for mark in _NOT_PLAIN):
-        return path  # nothing to collapse or refuse: most requests, at no cost
+    if is_plain(path):
+        return path  # most requests, at no cost
     segments = parse_request_path(path)
     trailing = "/" if segments and path.endswith("/") else ""
     return "/" + "/".join(segments) + trailing

@@ -12,7 +12,7 @@ from typing import NamedTuple
 from starlette.types import Receive, Scope, Send
 
 from offload.negotiation import IDENTITY, select_encoding
-from offload.responses import http_date, send_plain_text
+from offload.responses import Whole, http_date, send_plain_text
 from offload.static.assets import Asset, Header, Redirect, Representation
 from offload.static.catalog import Catalog
 from offload.static.files import read_exactly
@@ -113,6 +113,30 @@ class StaticResponder:
             os.close(fd)
         return entry
 
+    def answer_at_once(
+        self, method: str, path: str, headers: Sequence[Header]
+    ) -> tuple[Asset, Whole] | None:
+        """The whole response to a GET or HEAD of a file whose bytes are already in memory —
+        a 200, a HEAD or a 304 — with no I/O and no await; ``None`` when anything more is
+        needed (a miss, a redirect, a range, a failed precondition, a file not read yet), and
+        `respond` answers instead. Nothing is sent here."""
+        if self._is_internal(path):
+            return None
+        entry = self.catalog.entries.get(path)
+        if not isinstance(entry, Asset):
+            return None
+        plan = _plan(method, entry, _request_headers(headers))
+        if plan.status not in (200, NOT_MODIFIED):
+            return None
+        data = None
+        if plan.needs_file:
+            if not self.catalog.is_small(plan.representation):
+                return None
+            data = self.catalog.hot.get(plan.representation)
+            if data is None:
+                return None
+        return entry, plan.whole(data)
+
     def _is_internal(self, path: str) -> bool:
         prefix = self.internal_prefix
         return prefix is not None and (path.startswith(prefix) or path == prefix.rstrip("/"))
@@ -174,12 +198,27 @@ class _Plan:
         has_body = self.with_body and self.status in (200, 206)
         return has_body and self.representation.body is None
 
-    async def send(self, send: Send, body: _Body) -> None:
+    def whole(self, data: bytes | None) -> Whole:
+        """A 304, or a 200 whose bytes are at hand (held by the representation, or ``data``),
+        or a HEAD."""
         date = (b"date", http_date.now())
         representation = self.representation
         if self.status == NOT_MODIFIED:
-            await _start(send, 304, (*representation.not_modified_headers, date))
-            await send({"type": "http.response.body", "body": b""})
+            return Whole(304, (*representation.not_modified_headers, date), b"")
+        held = representation.body if representation.body is not None else data
+        assert held is not None or not self.with_body
+        body = held if held is not None and self.with_body else b""
+        return Whole(200, (*representation.headers, date), body)
+
+    async def send(self, send: Send, body: _Body) -> None:
+        date = (b"date", http_date.now())
+        representation = self.representation
+        if self.status == NOT_MODIFIED or (
+            self.status == 200 and (body.data is not None or not self.needs_file)
+        ):
+            whole = self.whole(body.data)
+            await _start(send, whole.status, whole.headers)
+            await send({"type": "http.response.body", "body": whole.body})
         elif self.status == 412:
             await send_plain_text(send, 412)
         elif self.status == 416:

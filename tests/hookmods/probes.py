@@ -74,3 +74,8 @@ def deny_websockets(app: ASGIApp) -> ASGIApp:
         await app(scope, receive, send)
 
     return deny
+
+
+def unchanged(app: ASGIApp) -> ASGIApp:
+    """A hook that adds nothing: the edge still takes its hooked path, without the fast one."""
+    return app
