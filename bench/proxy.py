@@ -40,9 +40,17 @@ def create_proxy_servers(
     app: subprocess.Popen[bytes], app_port: int, workdir: Path
 ) -> list[Server]:
     core = pinned(0)
-    nginx_port, plain_port, offload_port, admin_port = (free_port() for _ in range(4))
+    nginx_port, plain_port = free_port(), free_port()
     upstream = f"127.0.0.1:{app_port}"
     environment = {"BENCH_UPSTREAM": f"http://{upstream}", "PYTHONPATH": str(HERE.parent)}
+
+    def offload(name: str, *flags: str) -> Server:
+        port = free_port()
+        command = [sys.executable, "-m", "offload", "--upstream", upstream, *flags]
+        command += ["--host", "127.0.0.1", "--port", str(port), "--admin-port", str(free_port())]
+        command += ["--access-log=off"]  # as nginx's access_log off
+        return Server(name, [*core, *command], port)
+
     return [
         Server("node", [], app_port, process=app),  # started here, measured like the others
         Server(
@@ -56,16 +64,9 @@ def create_proxy_servers(
             plain_port,
             environment,
         ),
-        Server(
-            "offload",
-            [
-                *core,
-                *[sys.executable, "-m", "offload", "--upstream", upstream],
-                *["--host", "127.0.0.1", "--port", str(offload_port)],
-                *["--admin-port", str(admin_port), "--access-log=off"],  # as nginx's access_log off
-            ],
-            offload_port,
-        ),
+        offload("offload"),
+        # the circuit breaker's cost: the default has it on
+        offload("offload, no breaker", "--breaker-failures", "0"),
     ]
 
 

@@ -17,7 +17,7 @@ from offload.admin import is_readable, watch_upstream
 from offload.config import Config
 from offload.facts import STATE_KEY, RequestFacts, request_facts
 from offload.hooks import Hook, apply_hooks, load_hook
-from offload.observe import AccessLog, EdgeState, Metrics, ObserveMiddleware
+from offload.observe import AccessLog, EdgeState, Metrics, ObserveMiddleware, ProtectionCollector
 from offload.proxy.headers import Header
 from offload.proxy.http import HttpProxy, ProxySettings
 from offload.proxy.websocket import WebSocketBridge
@@ -63,6 +63,7 @@ class Edge:
             accel = self._serve_accel_redirect if self.static is not None else None
             self.proxy = HttpProxy(upstream, _proxy_settings(config), accel_redirect=accel)
             self.websocket = WebSocketBridge(self.proxy)
+            self.metrics.registry.register(ProtectionCollector(self.proxy))
         self._observed = ObserveMiddleware(
             self._route, metrics=self.metrics, log=self.access_log, state=self.state
         )
@@ -81,6 +82,10 @@ class Edge:
                 return "the static catalog is not loaded yet"
         if self.proxy is not None and not self.state.upstream_up:
             return "the app does not accept connections"
+        breaker = self.proxy.breaker if self.proxy is not None else None
+        # only while cooling down: once a probe may pass, traffic must be let in to send it
+        if breaker is not None and not breaker.admits_a_probe():
+            return "the circuit breaker toward the app is open"
         return None
 
     def begin_shutdown(self) -> None:
@@ -270,6 +275,11 @@ def _proxy_settings(config: Config) -> ProxySettings:
         max_body_bytes=config.max_body_bytes,
         trusted_proxies=config.trusted_networks,
         max_connections=config.upstream_max_connections,
+        breaker_failures=config.breaker_failures,
+        breaker_cooldown_seconds=config.breaker_cooldown_seconds,
+        breaker_on_5xx=config.breaker_on_5xx,
+        max_concurrency=config.upstream_max_concurrency,
+        restarted_by_offload=bool(config.command) and config.app_restart != "never",
     )
 
 

@@ -7,7 +7,6 @@ Flags win over the environment. A bad setting prints one line naming it and exit
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import traceback
@@ -208,6 +207,51 @@ OPTIONS = (
         _parse_integer("a number of connections"),
     ),
     Option(
+        "--breaker-failures",
+        "breaker_failures",
+        "consecutive failures reaching the app that open the circuit breaker; 0: no breaker",
+        "N",
+        _parse_integer("a number of failures"),
+    ),
+    Option(
+        "--breaker-cooldown",
+        "breaker_cooldown_seconds",
+        "seconds an open breaker answers 503 before one probe request may reach the app",
+        "SECONDS",
+        _parse_seconds,
+    ),
+    Option(
+        "--breaker-on-5xx",
+        "breaker_on_5xx",
+        "count the app's own 5xx responses as failures too",
+        switch=True,
+    ),
+    Option(
+        "--upstream-max-concurrency",
+        "upstream_max_concurrency",
+        "most requests at the app at once; as many more wait, the rest get 503; 0: no cap",
+        "N",
+        _parse_integer("a number of requests"),
+    ),
+    Option(
+        "--app-restart",
+        "app_restart",
+        "with -- COMMAND: restart the app when it exits: never, on-failure or always",
+        "POLICY",
+    ),
+    Option(
+        "--app-log",
+        "app_log",
+        "with -- COMMAND: the app's output as it is (raw) or as JSON lines (json)",
+        "FORMAT",
+    ),
+    Option(
+        "--app-ready-path",
+        "app_ready_path",
+        "readiness also needs a 2xx from this path of the app, e.g. /health",
+        "PATH",
+    ),
+    Option(
         "--hook",
         "hooks",
         "ASGI middleware MODULE:ATTR wrapping the edge, first outermost (repeatable)",
@@ -303,10 +347,13 @@ def create_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
-    """Build the `Config` from flags, then the environment; exit 2 on a bad setting."""
+def parse_config(
+    argv: Sequence[str], environ: Mapping[str, str], command: Sequence[str] = ()
+) -> Config:
+    """Build the `Config` from flags, then the environment, and the app's ``command`` (what
+    follows ``--``); exit 2 on a bad setting."""
     arguments = vars(create_parser().parse_args(argv))
-    values: dict[str, object] = {}
+    values: dict[str, object] = {"command": tuple(command)}
     for option in OPTIONS:
         given = arguments[option.field]
         text = environ.get(option.environment_variable) or None  # empty means unset
@@ -368,12 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags, command = (
         (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     )
-    config = parse_config(flags, os.environ)
-    if command:
-        try:
-            config = dataclasses.replace(config, command=tuple(command))
-        except ConfigError as error:
-            fail(f"{OPTION_BY_FIELD[error.setting].flag}: {error.reason}")
+    config = parse_config(flags, os.environ, command)
     try:
         return serve(config)
     except ConfigError as error:  # a hook that fails, a port in use, an address not here

@@ -77,6 +77,7 @@ class Upstream:
 
 
 MAX_WORKERS = 64
+APP_RESTART_POLICIES = ("never", "on-failure", "always")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
@@ -134,6 +135,13 @@ class Config:
     client_header_timeout_seconds: float = 10.0
     client_body_timeout_seconds: float = 60.0
     max_connections: int = 4096
+    breaker_failures: int = 5  # consecutive failures that open the breaker; 0: no breaker
+    breaker_cooldown_seconds: float = 5.0
+    breaker_on_5xx: bool = False
+    upstream_max_concurrency: int = 0  # 0: no cap
+    app_restart: str = "never"
+    app_log: str = "raw"
+    app_ready_path: str | None = None
     command: tuple[str, ...] = ()  # `offload ... -- COMMAND`: the app, run as offload's child
 
     def __post_init__(self) -> None:
@@ -168,6 +176,7 @@ class Config:
                 raise ConfigError(name, seconds, "must be a positive number of seconds")
         self._check_static_options()
         self._check_proxy_options()
+        self._check_resilience_options()
         if self.command and self.upstream is None:
             # readiness waits for the app's port: without one there is nothing to wait for
             raise ConfigError("upstream", None, "-- COMMAND needs --upstream, the app's address")
@@ -197,6 +206,31 @@ class Config:
             prefix.startswith("/") and prefix.endswith("/") and prefix != "/"
         ):
             raise ConfigError("internal_prefix", prefix, "expected a path like /protected/")
+
+    def _check_resilience_options(self) -> None:
+        for name in ("breaker_failures", "upstream_max_concurrency"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, getattr(self, name), "must be >= 0")
+        cooldown = self.breaker_cooldown_seconds
+        if not (cooldown > 0 and math.isfinite(cooldown)):
+            raise ConfigError("breaker_cooldown_seconds", cooldown, "must be a positive number")
+        if self.app_restart not in APP_RESTART_POLICIES:
+            raise ConfigError(
+                "app_restart", self.app_restart, "expected never, on-failure or always"
+            )
+        if self.app_log not in ("raw", "json"):
+            raise ConfigError("app_log", self.app_log, "expected raw or json")
+        for name, default in (("app_restart", "never"), ("app_log", "raw")):
+            if getattr(self, name) != default and not self.command:
+                raise ConfigError(name, getattr(self, name), "applies to an app run as -- COMMAND")
+        path = self.app_ready_path
+        if path is not None:
+            if self.upstream is None:
+                raise ConfigError("app_ready_path", path, "needs --upstream, the app's address")
+            if not path.startswith("/") or any(
+                ord(char) <= 32 or ord(char) == 127 for char in path
+            ):
+                raise ConfigError("app_ready_path", path, "expected a path like /health")
 
     @property
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

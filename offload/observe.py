@@ -17,15 +17,23 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload.facts import RequestFacts, request_facts
 from offload.responses import Whole
+
+if TYPE_CHECKING:
+    from offload.proxy.http import HttpProxy
 
 LOG_FORMATS = ("json", "text", "off")
 FLUSH_EVERY_SECONDS = 0.2
@@ -133,6 +141,39 @@ class AnsweredRequests:
         yield requests
         yield histogram
         yield sizes
+
+
+class ProtectionCollector:
+    """The circuit breaker and the concurrency cap toward the app, read at scrape time."""
+
+    def __init__(self, proxy: HttpProxy) -> None:
+        self.proxy = proxy
+
+    def collect(self) -> Iterator[Metric]:
+        breaker, cap = self.proxy.breaker, self.proxy.cap
+        yield GaugeMetricFamily(
+            "offload_upstream_breaker_open",
+            "1 while the circuit breaker keeps requests from the app (open or half-open)",
+            value=1 if breaker is not None and breaker.is_open else 0,
+        )
+        yield CounterMetricFamily(
+            "offload_upstream_breaker_trips",
+            "Times the circuit breaker opened",
+            value=breaker.trips if breaker is not None else 0,
+        )
+        rejected = CounterMetricFamily(
+            "offload_upstream_rejected",
+            "Requests answered 503 by offload without reaching the app",
+            labels=["reason"],
+        )
+        for reason, count in self.proxy.rejected.items():
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield GaugeMetricFamily(
+            "offload_upstream_queued",
+            "Requests waiting for a slot under --upstream-max-concurrency",
+            value=cap.waiting if cap is not None else 0,
+        )
 
 
 _UPSTREAM_ERROR_KINDS = {

@@ -38,7 +38,7 @@ WATCH_SECONDS = 0.5
 PR_SET_PDEATHSIG = 1
 # Gauges whose sum over workers means something; every other gauge is the same in each worker
 # (the catalog's size, the app's port being open, the version) and is reported once, as the max.
-SUMMED_GAUGES = frozenset({"offload_http_requests_in_flight"})
+SUMMED_GAUGES = frozenset({"offload_http_requests_in_flight", "offload_upstream_queued"})
 
 
 class Workers:

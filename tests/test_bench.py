@@ -18,7 +18,7 @@ SMOKE_TIMEOUT_SECONDS = 240
 STATIC_SERVERS = ("offload", "nginx", "starlette", "servestatic", "ceiling")
 STATIC_CASES = ("1 KB CSS", "50 KB JS, br", "5 MB binary", "304 revalidation")
 STARTUP_SERVERS = ("offload", "offload --no-compress-static", "nginx", "starlette", "servestatic")
-PROXY_SERVERS = ("node", "nginx", "aiohttp", "offload")
+PROXY_SERVERS = ("node", "nginx", "aiohttp", "offload", "offload, no breaker")
 PROXY_CASES = (
     "small JSON, 64 conn",
     "small JSON, 1 conn",

@@ -17,6 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from offload.config import Upstream
 from offload.facts import RequestFacts, new_request_id, request_facts
 from offload.proxy import encode
+from offload.proxy.breaker import Breaker, ConcurrencyCap
 from offload.proxy.client import POOL_KEEPALIVE_SECONDS, create_session
 from offload.proxy.headers import (
     Header,
@@ -54,6 +55,11 @@ class ProxySettings:
     max_body_bytes: int | None = None
     trusted_proxies: tuple[Network, ...] = ()
     max_connections: int = 0
+    breaker_failures: int = 0  # 0: no breaker
+    breaker_cooldown_seconds: float = 5.0
+    breaker_on_5xx: bool = False
+    max_concurrency: int = 0  # 0: no cap
+    restarted_by_offload: bool = False  # a refused app is one offload's watchdog brings back
 
 
 class HttpProxy:
@@ -76,6 +82,18 @@ class HttpProxy:
         self._host = str(upstream).encode() if upstream.unix_path is None else b"localhost"
         self._session: aiohttp.ClientSession | None = None
         self._pool: UpstreamPool | None = None
+        self.breaker = (
+            Breaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
+            if settings.breaker_failures
+            else None
+        )
+        # a request waits for a slot as it would for a connection
+        self.cap = (
+            ConcurrencyCap(settings.max_concurrency, settings.connect_timeout_seconds)
+            if settings.max_concurrency
+            else None
+        )
+        self.rejected = {"breaker": 0, "concurrency": 0}  # requests answered 503 by offload
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -147,8 +165,48 @@ class HttpProxy:
         finally:
             reading.cancel()
 
+    def admit(self) -> str | None:
+        """Why the breaker keeps this request (or WebSocket) from the app, or ``None``; an
+        admitted request reports its outcome with `settle`."""
+        if self.breaker is None or self.breaker.admit():
+            return None
+        self.rejected["breaker"] += 1
+        return "the app is failing: offload's circuit breaker is open"
+
+    def settle(self, *, failed: bool | None) -> None:
+        """An admitted exchange ended: the app failed, answered, or nobody knows (the client
+        left first: ``None``)."""
+        if self.breaker is not None:
+            if failed is None:
+                self.breaker.abandoned()
+            elif failed:
+                self.breaker.failed()
+            else:
+                self.breaker.succeeded()
+
     async def _relay(self, scope: Scope, reader: RequestReader, send: Send) -> None:
         facts = request_facts(scope)
+        refusal = self.admit()
+        if refusal is None and self.cap is not None and not await self.cap.acquire():
+            self.settle(failed=None)
+            self.rejected["concurrency"] += 1
+            refusal = "too many requests at the app: try again shortly"
+        if refusal is not None:
+            _note(facts, "upstream_rejected")
+            await _send_unavailable(send, refusal, self.retry_after_seconds())
+            return
+        try:
+            await self._exchange(scope, reader, send, facts)
+        finally:
+            if self.cap is not None:
+                self.cap.release()
+
+    def retry_after_seconds(self) -> int:
+        return self.breaker.retry_after_seconds() if self.breaker is not None else 1
+
+    async def _exchange(
+        self, scope: Scope, reader: RequestReader, send: Send, facts: RequestFacts | None
+    ) -> None:
         request_id = (
             facts.request_id.encode()
             if facts is not None
@@ -158,20 +216,32 @@ class HttpProxy:
         try:
             response = await self._send_request(scope, reader, request_id)
         except TimeoutError:
+            self.settle(failed=True)
             _note(facts, "upstream_timeout")
             await send_plain_text(send, 504, "the app did not answer in time")
             return
         except UpstreamRefused:
             _note(facts, "upstream_refused")
-            await send_plain_text(send, 502, "the app refused the connection")
+            if self.settings.restarted_by_offload:
+                # the watchdog knows the app is down and brings it back: not the breaker's call
+                self.settle(failed=None)
+                await _send_unavailable(send, "the app is restarting", 1)
+            else:
+                self.settle(failed=True)
+                await send_plain_text(send, 502, "the app refused the connection")
             return
         except UpstreamError as error:
+            self.settle(failed=True)
             _note(
                 facts,
                 "upstream_malformed" if isinstance(error, UpstreamMalformed) else "upstream_reset",
             )
             await send_plain_text(send, 502, "the app closed the connection or answered malformed")
             return
+        except BaseException:
+            self.settle(failed=None)  # the client left, or offload is stopping
+            raise
+        self.settle(failed=self.settings.breaker_on_5xx and response.status >= 500)
         if facts is not None:
             facts.upstream_status = response.status
             facts.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -304,6 +374,11 @@ class HttpProxy:
         finally:
             sending.cancel()
             body_sent.cancel()  # also when cancelled inside the wait: no task left pending
+
+
+async def _send_unavailable(send: Send, reason: str, retry_after_seconds: int) -> None:
+    retry_after = (b"retry-after", str(retry_after_seconds).encode())
+    await send_plain_text(send, 503, reason, headers=[retry_after])
 
 
 def _note(facts: RequestFacts | None, error: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Sequence
 
 import aiohttp
 from starlette.types import Message, Receive, Scope, Send
@@ -43,17 +44,29 @@ class WebSocketBridge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
+        if (refusal := self.proxy.admit()) is not None:
+            retry_after = (b"retry-after", str(self.proxy.retry_after_seconds()).encode())
+            await _refuse(scope, send, 503, refusal, headers=[retry_after])
+            return
         try:
             upstream = await self._connect(scope)
         except aiohttp.WSServerHandshakeError as error:
-            await _refuse(scope, send, error.status if error.status >= 400 else 502)
+            status = error.status if error.status >= 400 else 502
+            self.proxy.settle(failed=status >= 500 and self.proxy.settings.breaker_on_5xx)
+            await _refuse(scope, send, status)
             return
         except TimeoutError:
+            self.proxy.settle(failed=True)
             await _refuse(scope, send, 504)
             return
         except aiohttp.ClientError:
+            self.proxy.settle(failed=True)
             await _refuse(scope, send, 502)
             return
+        except BaseException:
+            self.proxy.settle(failed=None)
+            raise
+        self.proxy.settle(failed=False)
         try:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
             await _bridge(receive, send, upstream, self._going_away)
@@ -148,17 +161,21 @@ def _close_message(code: int, reason: str) -> Message:
     return {"type": "websocket.close", "code": code, "reason": reason}
 
 
-async def _refuse(scope: Scope, send: Send, status: int) -> None:
-    """The handshake failed at the app: pass its status when the server can (the ASGI
-    ``websocket.http.response`` extension), else refuse (uvicorn answers 403)."""
+async def _refuse(
+    scope: Scope, send: Send, status: int, reason: str = "", headers: Sequence[Header] = ()
+) -> None:
+    """The handshake failed at the app, or offload kept it from the app: send the status when
+    the server can (the ASGI ``websocket.http.response`` extension), else refuse (uvicorn
+    answers 403)."""
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send(_close_message(1008, ""))
         return
-    body = f"the app refused the WebSocket ({status})\n".encode()
-    headers: list[Header] = [
+    body = f"{reason or f'the app refused the WebSocket ({status})'}\n".encode()
+    headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode()),
         (b"date", http_date.now()),
+        *headers,
     ]
     await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})

@@ -92,6 +92,13 @@ async def hang(request: Request, writer: asyncio.StreamWriter) -> Idle:
     return Idle(HANG_SECONDS)
 
 
+async def slow(request: Request, writer: asyncio.StreamWriter) -> Idle:
+    """Answer ok after ``?seconds=`` (1 by default)."""
+    await asyncio.sleep(request.number("seconds", 1))
+    writer.write(response(b"ok"))
+    return KEEP
+
+
 async def reset_before_head(request: Request, writer: asyncio.StreamWriter) -> None:
     reset(writer)
 
@@ -157,6 +164,8 @@ HUGE_HEADERS = [b"X-Filler-%03d: %s" % (index, b"f" * 1000) for index in range(2
 FAULTS: dict[str, Fault] = {
     "/ok": answer_ok,
     "/hang": hang,
+    "/slow": slow,
+    "/server-error": sending(response(b"oops", status=b"500 Internal Server Error")),
     "/reset-before-head": reset_before_head,
     "/reset-after-head": reset_after_head,
     "/cut-head": cut_head,
