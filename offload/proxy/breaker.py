@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import math
 import time
+
+
+class Admission(enum.Enum):
+    """The breaker's answer to one request."""
+
+    REFUSED = "refused"
+    PASSED = "passed"
+    PROBE = "probe"  # the one request let through a half-open breaker
 
 
 class Breaker:
@@ -19,8 +28,10 @@ class Breaker:
     - Half-open: one request, the probe, goes through; the rest are refused until it ends.
       Its success closes the breaker, its failure opens it for another cooldown.
 
-    A request asks `admit` first; if admitted it reports exactly one of `succeeded`, `failed` or
-    `abandoned` (the client left before the app answered: no verdict on the app).
+    A request asks `admit` first; if admitted, it `settle`s once with its outcome. A success of
+    any request closes the breaker (the app answered); a failure of a request let in before the
+    breaker opened does not extend the cooldown; a client that left before the app answered
+    proves nothing either way.
     """
 
     def __init__(self, failures: int, cooldown_seconds: float) -> None:
@@ -42,13 +53,31 @@ class Breaker:
             not self._probing and time.monotonic() >= self._opened_at + self.cooldown_seconds
         )
 
-    def admit(self) -> bool:
+    def admit(self) -> Admission:
         if self._opened_at is None:
-            return True
+            return Admission.PASSED
         if not self.admits_a_probe():
-            return False
-        self._probing = True  # half-open: this request is the probe
-        return True
+            return Admission.REFUSED
+        self._probing = True
+        return Admission.PROBE
+
+    def settle(self, admission: Admission, *, failed: bool | None) -> None:
+        """The outcome of an admitted request: the app failed, it answered, or unknown
+        (``None``)."""
+        probe = admission is Admission.PROBE
+        if failed is None:
+            if probe:
+                self._probing = False  # the next request may probe at once
+        elif not failed:
+            self._consecutive = 0
+            self._opened_at = None
+            self._probing = False
+        else:
+            self._consecutive += 1
+            if probe or (self._opened_at is None and self._consecutive >= self.failures):
+                self._opened_at = time.monotonic()
+                self._probing = False
+                self.trips += 1
 
     def retry_after_seconds(self) -> int:
         """What ``Retry-After`` says while open: the rest of the cooldown, at least 1 s."""
@@ -56,22 +85,6 @@ class Breaker:
             return 1
         left = self._opened_at + self.cooldown_seconds - time.monotonic()
         return max(1, math.ceil(left))
-
-    def succeeded(self) -> None:
-        self._consecutive = 0
-        self._opened_at = None
-        self._probing = False
-
-    def failed(self) -> None:
-        self._consecutive += 1
-        if self._probing or (self._opened_at is None and self._consecutive >= self.failures):
-            self._opened_at = time.monotonic()
-            self._probing = False
-            self.trips += 1
-
-    def abandoned(self) -> None:
-        if self._probing:
-            self._probing = False  # the next request may probe at once
 
 
 class ConcurrencyCap:

@@ -17,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from offload.config import Upstream
 from offload.facts import RequestFacts, new_request_id, request_facts
 from offload.proxy import encode
-from offload.proxy.breaker import Breaker, ConcurrencyCap
+from offload.proxy.breaker import Admission, Breaker, ConcurrencyCap
 from offload.proxy.client import POOL_KEEPALIVE_SECONDS, create_session
 from offload.proxy.headers import (
     Header,
@@ -38,6 +38,7 @@ from offload.responses import http_date, send_plain_text
 
 logger = logging.getLogger("offload.proxy")
 
+BREAKER_OPEN = "the app is failing: offload's circuit breaker is open"
 CONNECT_RETRY_FIRST_SECONDS = 0.05
 CONNECT_RETRY_MAX_SECONDS = 0.5
 
@@ -165,30 +166,30 @@ class HttpProxy:
         finally:
             reading.cancel()
 
-    def admit(self) -> str | None:
-        """Why the breaker keeps this request (or WebSocket) from the app, or ``None``; an
-        admitted request reports its outcome with `settle`."""
-        if self.breaker is None or self.breaker.admit():
-            return None
-        self.rejected["breaker"] += 1
-        return "the app is failing: offload's circuit breaker is open"
+    def admit(self) -> Admission:
+        """Whether the breaker lets this request (or WebSocket) reach the app; one that does
+        reports its outcome with `settle`."""
+        if self.breaker is None:
+            return Admission.PASSED
+        admission = self.breaker.admit()
+        if admission is Admission.REFUSED:
+            self.rejected["breaker"] += 1
+        return admission
 
-    def settle(self, *, failed: bool | None) -> None:
+    def settle(self, admission: Admission, *, failed: bool | None) -> None:
         """An admitted exchange ended: the app failed, answered, or nobody knows (the client
         left first: ``None``)."""
         if self.breaker is not None:
-            if failed is None:
-                self.breaker.abandoned()
-            elif failed:
-                self.breaker.failed()
-            else:
-                self.breaker.succeeded()
+            self.breaker.settle(admission, failed=failed)
 
     async def _relay(self, scope: Scope, reader: RequestReader, send: Send) -> None:
         facts = request_facts(scope)
-        refusal = self.admit()
-        if refusal is None and self.cap is not None and not await self.cap.acquire():
-            self.settle(failed=None)
+        admission = self.admit()
+        refusal = None
+        if admission is Admission.REFUSED:
+            refusal = BREAKER_OPEN
+        elif self.cap is not None and not await self.cap.acquire():
+            self.settle(admission, failed=None)
             self.rejected["concurrency"] += 1
             refusal = "too many requests at the app: try again shortly"
         if refusal is not None:
@@ -196,7 +197,7 @@ class HttpProxy:
             await _send_unavailable(send, refusal, self.retry_after_seconds())
             return
         try:
-            await self._exchange(scope, reader, send, facts)
+            await self._exchange(scope, reader, send, facts, admission)
         finally:
             if self.cap is not None:
                 self.cap.release()
@@ -205,7 +206,12 @@ class HttpProxy:
         return self.breaker.retry_after_seconds() if self.breaker is not None else 1
 
     async def _exchange(
-        self, scope: Scope, reader: RequestReader, send: Send, facts: RequestFacts | None
+        self,
+        scope: Scope,
+        reader: RequestReader,
+        send: Send,
+        facts: RequestFacts | None,
+        admission: Admission,
     ) -> None:
         request_id = (
             facts.request_id.encode()
@@ -216,7 +222,7 @@ class HttpProxy:
         try:
             response = await self._send_request(scope, reader, request_id)
         except TimeoutError:
-            self.settle(failed=True)
+            self.settle(admission, failed=True)
             _note(facts, "upstream_timeout")
             await send_plain_text(send, 504, "the app did not answer in time")
             return
@@ -224,14 +230,14 @@ class HttpProxy:
             _note(facts, "upstream_refused")
             if self.settings.restarted_by_offload:
                 # the watchdog knows the app is down and brings it back: not the breaker's call
-                self.settle(failed=None)
+                self.settle(admission, failed=None)
                 await _send_unavailable(send, "the app is restarting", 1)
             else:
-                self.settle(failed=True)
+                self.settle(admission, failed=True)
                 await send_plain_text(send, 502, "the app refused the connection")
             return
         except UpstreamError as error:
-            self.settle(failed=True)
+            self.settle(admission, failed=True)
             _note(
                 facts,
                 "upstream_malformed" if isinstance(error, UpstreamMalformed) else "upstream_reset",
@@ -239,9 +245,9 @@ class HttpProxy:
             await send_plain_text(send, 502, "the app closed the connection or answered malformed")
             return
         except BaseException:
-            self.settle(failed=None)  # the client left, or offload is stopping
+            self.settle(admission, failed=None)  # the client left, or offload is stopping
             raise
-        self.settle(failed=self.settings.breaker_on_5xx and response.status >= 500)
+        self.settle(admission, failed=self.settings.breaker_on_5xx and response.status >= 500)
         if facts is not None:
             facts.upstream_status = response.status
             facts.upstream_ms = round((time.perf_counter() - started) * 1000, 3)

@@ -13,8 +13,9 @@ import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from offload.proxy.breaker import Admission
 from offload.proxy.headers import Header, create_upstream_headers, is_trusted
-from offload.proxy.http import HttpProxy, as_text_headers, raw_target
+from offload.proxy.http import BREAKER_OPEN, HttpProxy, as_text_headers, raw_target
 from offload.responses import http_date
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # uvicorn's own limit for the client side
@@ -44,29 +45,32 @@ class WebSocketBridge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        if (refusal := self.proxy.admit()) is not None:
+        admission = self.proxy.admit()
+        if admission is Admission.REFUSED:
             retry_after = (b"retry-after", str(self.proxy.retry_after_seconds()).encode())
-            await _refuse(scope, send, 503, refusal, headers=[retry_after])
+            await _refuse(scope, send, 503, BREAKER_OPEN, headers=[retry_after])
             return
         try:
             upstream = await self._connect(scope)
         except aiohttp.WSServerHandshakeError as error:
             status = error.status if error.status >= 400 else 502
-            self.proxy.settle(failed=status >= 500 and self.proxy.settings.breaker_on_5xx)
+            self.proxy.settle(
+                admission, failed=status >= 500 and self.proxy.settings.breaker_on_5xx
+            )
             await _refuse(scope, send, status)
             return
         except TimeoutError:
-            self.proxy.settle(failed=True)
+            self.proxy.settle(admission, failed=True)
             await _refuse(scope, send, 504)
             return
         except aiohttp.ClientError:
-            self.proxy.settle(failed=True)
+            self.proxy.settle(admission, failed=True)
             await _refuse(scope, send, 502)
             return
         except BaseException:
-            self.proxy.settle(failed=None)
+            self.proxy.settle(admission, failed=None)
             raise
-        self.proxy.settle(failed=False)
+        self.proxy.settle(admission, failed=False)
         try:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
             await _bridge(receive, send, upstream, self._going_away)

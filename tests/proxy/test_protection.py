@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from offload.proxy.breaker import Breaker, ConcurrencyCap
+from offload.proxy.breaker import Admission, Breaker, ConcurrencyCap
 from tests.faults.injector import FaultyApp
 from tests.servers import FIXTURES, Offload, free_port, metric, poll, run_offload
 
@@ -210,20 +210,27 @@ class TestConcurrencyCap:
 class TestUnits:
     def test_breaker_states(self) -> None:
         breaker = Breaker(failures=2, cooldown_seconds=0.05)
-        breaker.failed()
-        assert breaker.admit()
-        assert not breaker.is_open
-        breaker.failed()
+        early = breaker.admit()  # let in while closed, ends after the breaker opened
+        for _ in range(2):
+            breaker.settle(breaker.admit(), failed=True)
         assert breaker.is_open
-        assert not breaker.admit()
+        assert breaker.admit() is Admission.REFUSED
         time.sleep(0.06)
-        assert breaker.admit()  # the probe
-        assert not breaker.admit()  # only one
-        breaker.abandoned()  # its client left: the next request may probe
-        assert breaker.admit()
-        breaker.succeeded()
+        probe = breaker.admit()
+        assert probe is Admission.PROBE
+        assert breaker.admit() is Admission.REFUSED  # only one probe
+        breaker.settle(early, failed=None)  # not the probe: the probe still holds its place
+        assert breaker.admit() is Admission.REFUSED
+        breaker.settle(probe, failed=None)  # its client left: the next request may probe
+        probe = breaker.admit()
+        assert probe is Admission.PROBE
+        breaker.settle(probe, failed=True)  # opens again, for a whole cooldown
+        assert breaker.admit() is Admission.REFUSED
+        assert breaker.trips == 2
+        time.sleep(0.06)
+        breaker.settle(breaker.admit(), failed=False)
         assert not breaker.is_open
-        assert breaker.trips == 1
+        assert breaker.admit() is Admission.PASSED
 
     def test_cap_hands_a_freed_slot_to_the_first_in_line(self) -> None:
         async def scenario() -> None:
