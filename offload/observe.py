@@ -289,17 +289,18 @@ class ObserveMiddleware:
         headers = whole.headers
         if self.state.draining:
             headers = (*headers, (b"connection", b"close"))
-        status = 0
+        status = sent_bytes = 0
         self._begin()
         try:
             await send({"type": "http.response.start", "status": whole.status, "headers": headers})
             status = whole.status
             await send({"type": "http.response.body", "body": whole.body})
+            sent_bytes = len(whole.body)
         finally:
             self._end()
             made = facts() if self.log.log_format != "off" else None
             seconds = time.perf_counter() - started
-            self._record(scope, made, route, status, len(whole.body), seconds)
+            self._record(scope, made, route, status, sent_bytes, seconds)
 
     def _begin(self) -> None:
         self.state.in_flight += 1  # the gauge is set from this at scrape time
@@ -379,12 +380,14 @@ class JsonFormatter(logging.Formatter):
     """Start-up messages and errors as JSON lines, on the access log's stream."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        # structured fields, given as logger.info(..., extra={"fields": {"pid": 123}})
+        entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -11,13 +11,13 @@ import math
 import signal
 import socket
 import sys
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator
 from typing import Any, Literal, Protocol
 
 import uvicorn
 import uvloop
 
-from offload.admin import AdminApp, EdgeSubject, Subject
+from offload.admin import AdminApp, AppHealthCheck, EdgeSubject, Subject, SupervisedSubject
 from offload.app import Edge, create_app
 from offload.config import Config, ConfigError
 from offload.observe import JsonFormatter
@@ -192,31 +192,37 @@ class Front(Protocol):
 
 
 class _EdgeFront:
-    def __init__(self, edge: Edge, listener: _Listener) -> None:
+    def __init__(
+        self, edge: Edge, listener: _Listener, health: AppHealthCheck | None = None
+    ) -> None:
         self.edge = edge
         self.listener = listener
+        self.health = health
 
     async def run(self) -> None:
-        await self.listener.run()
+        """Serve, and ask the app's ``--app-ready-path`` meanwhile."""
+        asking = asyncio.create_task(self.health.watch()) if self.health is not None else None
+        try:
+            await self.listener.run()
+        finally:
+            if asking is not None:
+                asking.cancel()
 
     def begin_shutdown(self) -> None:
         self.edge.begin_shutdown()
         self.listener.should_exit = True
 
 
-async def _serve(
-    config: Config, front: Front, admin: _Listener, command: Sequence[str] = ()
-) -> int:
-    """Serve until a signal, a listener failing, or the supervised app exiting; the exit
-    status: 0, or the app's failure status when it died first.
+async def _serve(front: Front, admin: _Listener, child: Supervisor | None = None) -> int:
+    """Serve until a signal, a listener failing, or the supervised app exiting for good (its
+    restart policy let it go); the exit status: 0, or the app's failure status when it died
+    first.
 
     Stopping goes in the order that loses nothing: the front drains (responses close their
     connections, WebSockets get 1001) while the admin listener still answers ``/readyz`` with
     503; the supervised app gets SIGTERM once no new request can reach it; the admin listener
     stops last."""
-    child = None
-    if command:
-        child = Supervisor(command, stop_timeout_seconds=config.drain_timeout_seconds)
+    if child is not None:
         await child.start()
     signalled = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -233,6 +239,7 @@ async def _serve(
     app_died = child is not None and watched[-1] in done and not signalled.is_set()
     front.begin_shutdown()  # a signal, a listener that could not bind, or the app gone
     if child is not None:
+        child.begin_shutdown()  # from now on no restart: offload is going away
         # Once offload takes no new request (the linger is over), the app is told to stop: it
         # finishes what is in flight and can end its own streams, which would otherwise hold
         # the drain for all of --drain-timeout.
@@ -288,14 +295,37 @@ def serve(config: Config) -> int:
         config.upstream_address or "off",
     )
     front: Front
+    subject: Subject
     if config.workers == 1:
-        listener = _create_listener(config, edge, public, lifespan="on")
-        front = _EdgeFront(edge, listener)
-        subject: Subject = EdgeSubject(edge)
+        front, subject = _edge_front(config, edge, public)
     else:
         front = subject = Workers(config, public)
+    child = _supervisor(config)
+    upstream = config.upstream_address  # never None with a command: Config checks it
+    if child is not None and upstream is not None:
+        subject = SupervisedSubject(subject, child, upstream)
     admin = _create_listener(config, AdminApp(subject), admin_socket, lifespan="off")
-    return _run(_serve(config, front, admin, config.command))
+    return _run(_serve(front, admin, child))
+
+
+def _edge_front(config: Config, edge: Edge, public: socket.socket) -> tuple[_EdgeFront, Subject]:
+    """The edge serving ``public``, and the admin API's view of it: with --app-ready-path,
+    the front asks the app's health endpoint and the view reads the answer."""
+    health = AppHealthCheck.for_config(config)
+    listener = _create_listener(config, edge, public, lifespan="on")
+    return _EdgeFront(edge, listener, health), EdgeSubject(edge, health)
+
+
+def _supervisor(config: Config) -> Supervisor | None:
+    """The watchdog of ``-- COMMAND``, not started yet; ``None`` without a command."""
+    if not config.command:
+        return None
+    return Supervisor(
+        config.command,
+        stop_timeout_seconds=config.drain_timeout_seconds,
+        restart=config.app_restart,
+        json_output=config.app_log == "json",
+    )
 
 
 def serve_worker(config: Config, public: socket.socket, admin_socket: socket.socket) -> int:
@@ -303,9 +333,9 @@ def serve_worker(config: Config, public: socket.socket, admin_socket: socket.soc
     socket for the primary process to ask."""
     _configure_logging(config)
     edge = create_app(config)
-    front = _EdgeFront(edge, _create_listener(config, edge, public, lifespan="on"))
-    admin = _create_listener(config, AdminApp(EdgeSubject(edge)), admin_socket, lifespan="off")
-    return _run(_serve(config, front, admin))
+    front, subject = _edge_front(config, edge, public)
+    admin = _create_listener(config, AdminApp(subject), admin_socket, lifespan="off")
+    return _run(_serve(front, admin))
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:

@@ -25,7 +25,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import aiohttp
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -40,6 +40,11 @@ PR_SET_PDEATHSIG = 1
 # (the catalog's size, the app's port being open, the version) and is reported once, as the max.
 SUMMED_GAUGES = frozenset({"offload_http_requests_in_flight", "offload_upstream_queued"})
 
+# offload's processes (the primary and every worker) report prometheus-client's process_*
+# metrics: memory adds up (CPU time is a counter, added anyway); the start time, the open
+# descriptors and their limit are each the largest (the newest process, the fullest table).
+SUMMED_PROCESS_GAUGES = frozenset({"process_resident_memory_bytes", "process_virtual_memory_bytes"})
+
 
 class Workers:
     """The worker processes, and the admin API's view of them (an ``admin.Subject``)."""
@@ -52,6 +57,8 @@ class Workers:
         self.draining = False
         self.stopping = False
         self._context = multiprocessing.get_context("spawn")  # no forked event loop
+        self.own_metrics = CollectorRegistry()  # the primary's process, summed with the workers
+        ProcessCollector(registry=self.own_metrics)
 
     def _admin_socket(self, index: int) -> Path:
         return self.directory / f"worker-{index}.sock"
@@ -121,7 +128,7 @@ class Workers:
 
     async def metrics(self) -> bytes:
         texts = [answer[1].decode() for answer in await self._ask_all("GET", "/metrics") if answer]
-        return sum_metrics(texts)
+        return sum_metrics([*texts, generate_latest(self.own_metrics).decode()])
 
     async def drain(self) -> None:
         self.draining = True
@@ -169,7 +176,7 @@ def sum_metrics(texts: Iterable[str]) -> bytes:
             )
             samples = values.setdefault(merged.name, {})
             added = family.type in ("counter", "histogram", "summary")
-            added = added or family.name in SUMMED_GAUGES
+            added = added or family.name in SUMMED_GAUGES or family.name in SUMMED_PROCESS_GAUGES
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 if key not in samples:

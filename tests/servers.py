@@ -217,6 +217,21 @@ def poll(
         time.sleep(0.05)
 
 
+def wait_until(condition: Callable[[], object], seconds: float = 10) -> bool:
+    """Whether ``condition()`` came true within ``seconds``: for what is not an HTTP answer."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def children_of(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(child) for child in found.stdout.split()]
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """One sample's value from a Prometheus exposition; 0 when absent."""
     wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))

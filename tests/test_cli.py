@@ -109,6 +109,14 @@ def test_proxy_flags_from_the_environment() -> None:
     assert config.upstream_address.unix_path == "/run/app.sock"
 
 
+def test_watchdog_flags_apply_to_the_command_after_the_double_dash() -> None:
+    argv = ["--upstream", "localhost:3000", "--app-restart", "on-failure", "--app-log", "json"]
+    config = parse_config(argv, {"OFFLOAD_APP_READY_PATH": "/health"}, ["node", "app.js"])
+    assert (config.app_restart, config.app_log) == ("on-failure", "json")
+    assert config.app_ready_path == "/health"
+    assert config.command == ("node", "app.js")
+
+
 def test_hooks_from_flags_and_a_comma_separated_variable() -> None:
     argv = ["--static", str(FIXTURES), "--hook", "a:one", "--hook", "b:two", "--debug"]
     config = parse_config(argv, {})
@@ -162,6 +170,12 @@ def test_defaults_match_the_design_card() -> None:
         (["--static", str(FIXTURES), "--workers", "0"], {}, "--workers '0'"),
         (["--static", str(FIXTURES), "--workers", "two"], {}, "--workers 'two'"),
         (["--static", str(FIXTURES)], {"OFFLOAD_WORKERS": "65"}, "OFFLOAD_WORKERS '65'"),
+        (["--upstream", "a:1", "--app-restart", "always"], {}, "--app-restart 'always'"),
+        (["--upstream", "a:1"], {"OFFLOAD_APP_LOG": "json"}, "OFFLOAD_APP_LOG 'json'"),
+        (["--upstream", "a:1", "--app-restart", "sometimes", "--", "true"], {}, "'sometimes'"),
+        (["--upstream", "a:1", "--app-log", "xml", "--", "true"], {}, "--app-log 'xml'"),
+        (["--upstream", "a:1", "--app-ready-path", "health"], {}, "--app-ready-path 'health'"),
+        (["--static", str(FIXTURES), "--app-ready-path", "/health"], {}, "--app-ready-path"),
     ],
 )
 def test_bad_setting_exits_2_with_one_line_naming_it(

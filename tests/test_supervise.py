@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import time
 
 import httpx
 
-from tests.servers import FIXTURES, UPSTREAM_APP, free_port, run_offload, start_and_fail
-
-
-def children_of(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(child) for child in found.stdout.split()]
+from tests.servers import (
+    FIXTURES,
+    UPSTREAM_APP,
+    children_of,
+    free_port,
+    run_offload,
+    start_and_fail,
+    wait_until,
+)
 
 
 def is_running(pid: int) -> bool:
@@ -25,15 +26,6 @@ def is_running(pid: int) -> bool:
         return False
     status = f"/proc/{pid}/status"
     return not (os.path.exists(status) and "State:\tZ" in open(status).read())
-
-
-def wait_until(condition: object, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def supervised(port: int) -> tuple[str, ...]:
