@@ -256,6 +256,8 @@ class AppHealthCheck:
         except OSError as error:
             reason = (error.strerror or str(error)).lower()
             return f"the app's {self.path} did not answer: {reason}"
+        except ValueError:  # a status line past the stream's 64 KiB limit
+            return f"the app's {self.path} did not answer with HTTP"
         version, _, rest = status_line.partition(b" ")
         status = rest[:3]
         if not version.startswith(b"HTTP/") or not status.isdigit():

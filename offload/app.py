@@ -83,7 +83,7 @@ class Edge:
         if self.proxy is not None and not self.state.upstream_up:
             return "the app does not accept connections"
         breaker = self.proxy.breaker if self.proxy is not None else None
-        # only while cooling down: once a probe may pass, traffic must be let in to send it
+        # only until a probe may pass: traffic must be let in to send it
         if breaker is not None and not breaker.admits_a_probe():
             return "the circuit breaker toward the app is open"
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import json
 import os
 import select
@@ -68,9 +69,12 @@ def _json_lines(stream: str, message: str) -> Iterator[bytes]:
 
 
 def _write(fd: int, data: bytes) -> None:
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
+    """Write it all; if offload's stdout fails (closed, full), the lines are lost rather than
+    the relay: it must go on reading, or the app would block on a full pipe."""
+    with contextlib.suppress(OSError):
+        while data:
+            written = os.write(fd, data)
+            data = data[written:]
 
 
 def _timestamp() -> str:

@@ -227,7 +227,7 @@ class Config:
         if path is not None:
             if self.upstream is None:
                 raise ConfigError("app_ready_path", path, "needs --upstream, the app's address")
-            if not path.startswith("/") or any(
+            if not (path.startswith("/") and path.isascii()) or any(
                 ord(char) <= 32 or ord(char) == 127 for char in path
             ):
                 raise ConfigError("app_ready_path", path, "expected a path like /health")

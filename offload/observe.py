@@ -268,6 +268,8 @@ class ObserveMiddleware:
                 sent_bytes += len(message.get("body", b""))
             elif kind == "websocket.accept":
                 status = 101
+            elif kind == "websocket.http.response.start":  # a handshake answered with a status
+                status = message["status"]
             await send(message)
 
         self._begin()

@@ -101,7 +101,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         super().connection_made(cast(asyncio.Transport, _CorkedTransport(transport, self.loop)))
         self._read_bytes = 0  # the size of the read being parsed
         self._head_reads = 0  # bytes read after the one a head began in, while it is unfinished
-        self._valid_host = b""  # the last Host value found valid: most connections send one
+        self._valid_host: bytes | None = None  # the last Host found valid: most send one
         self._refusal: _Refused | None = None
         self._deadline: float | None = time.monotonic() + self.limits.header_timeout_seconds
         self._in_head = False  # a request's first byte has come, its head not yet whole
@@ -180,7 +180,8 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             self._refuse(431, "the request has too many header fields")
         # a head that came in one small read is small: only a large read, or a head spread over
         # several, is measured
-        measured = self._read_bytes > MAX_HEADER_BYTES or self._head_reads >= 0
+        # (a field is counted 4 bytes more than its name and value, one more than it may take)
+        measured = self._read_bytes > MAX_HEADER_BYTES - MAX_HEADERS or self._head_reads >= 0
         if (
             measured
             and sum(len(name) + len(value) + 4 for name, value in headers) > MAX_HEADER_BYTES

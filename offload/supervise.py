@@ -193,7 +193,6 @@ class Supervisor:
                 await asyncio.wait_for(self._stop_asked.wait(), seconds)
             if self.stopping:
                 break
-            self.restarts += 1
             try:
                 await self._spawn()
             except RuntimeError as error:  # the binary gone, out of processes: try again later
@@ -202,6 +201,7 @@ class Supervisor:
                 continue
             finally:
                 self.restarting = False
+            self.restarts += 1
             if self._terminating:  # the stop signal came while the new app was starting
                 self._send_sigterm()
             status, uptime = await self._exited()

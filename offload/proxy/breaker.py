@@ -25,7 +25,8 @@ class Breaker:
 
     - Closed: every request goes through; ``failures`` failures in a row open it.
     - Open: nothing goes through for ``cooldown_seconds``.
-    - Half-open: one request, the probe, goes through; the rest are refused until it ends.
+    - Half-open: one request, the probe, goes through; the rest are refused until it ends,
+      or for one more cooldown at most (a probe may be a slow upload: then another may go).
       Its success closes the breaker, its failure opens it for another cooldown.
 
     A request asks `admit` first; if admitted, it `settle`s once with its outcome. A success of
@@ -40,7 +41,7 @@ class Breaker:
         self.trips = 0  # times it opened
         self._consecutive = 0
         self._opened_at: float | None = None  # None: closed
-        self._probing = False
+        self._probe_since: float | None = None  # None: no probe at the app
 
     @property
     def is_open(self) -> bool:
@@ -48,17 +49,19 @@ class Breaker:
         return self._opened_at is not None
 
     def admits_a_probe(self) -> bool:
-        """Closed, or open with the cooldown over: a request would be let through now."""
-        return self._opened_at is None or (
-            not self._probing and time.monotonic() >= self._opened_at + self.cooldown_seconds
-        )
+        """Closed, or open with the cooldown over and no probe at the app for as long: a
+        request would be let through now."""
+        if self._opened_at is None:
+            return True
+        since = self._opened_at if self._probe_since is None else self._probe_since
+        return time.monotonic() >= since + self.cooldown_seconds
 
     def admit(self) -> Admission:
         if self._opened_at is None:
             return Admission.PASSED
         if not self.admits_a_probe():
             return Admission.REFUSED
-        self._probing = True
+        self._probe_since = time.monotonic()
         return Admission.PROBE
 
     def settle(self, admission: Admission, *, failed: bool | None) -> None:
@@ -67,16 +70,15 @@ class Breaker:
         probe = admission is Admission.PROBE
         if failed is None:
             if probe:
-                self._probing = False  # the next request may probe at once
+                self._probe_since = None  # the next request may probe at once
         elif not failed:
             self._consecutive = 0
-            self._opened_at = None
-            self._probing = False
+            self._opened_at = self._probe_since = None
         else:
             self._consecutive += 1
             if probe or (self._opened_at is None and self._consecutive >= self.failures):
                 self._opened_at = time.monotonic()
-                self._probing = False
+                self._probe_since = None
                 self.trips += 1
 
     def retry_after_seconds(self) -> int:

@@ -188,8 +188,7 @@ class HttpProxy:
         refusal = None
         if admission is Admission.REFUSED:
             refusal = BREAKER_OPEN
-        elif self.cap is not None and not await self.cap.acquire():
-            self.settle(admission, failed=None)
+        elif self.cap is not None and not await self._take_slot(admission):
             self.rejected["concurrency"] += 1
             refusal = "too many requests at the app: try again shortly"
         if refusal is not None:
@@ -201,6 +200,19 @@ class HttpProxy:
         finally:
             if self.cap is not None:
                 self.cap.release()
+
+    async def _take_slot(self, admission: Admission) -> bool:
+        """A slot under the cap; without one (refused, or the client left while waiting), the
+        breaker hears that this request tells nothing about the app."""
+        assert self.cap is not None
+        try:
+            if await self.cap.acquire():
+                return True
+        except BaseException:
+            self.settle(admission, failed=None)
+            raise
+        self.settle(admission, failed=None)
+        return False
 
     def retry_after_seconds(self) -> int:
         return self.breaker.retry_after_seconds() if self.breaker is not None else 1

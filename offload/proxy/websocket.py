@@ -63,9 +63,12 @@ class WebSocketBridge:
             self.proxy.settle(admission, failed=True)
             await _refuse(scope, send, 504)
             return
-        except aiohttp.ClientError:
-            self.proxy.settle(admission, failed=True)
-            await _refuse(scope, send, 502)
+        except aiohttp.ClientError as error:
+            # as for HTTP: a refused app under the watchdog is between lives, not failing
+            restarting = self.proxy.settings.restarted_by_offload
+            refused = isinstance(error, aiohttp.ClientConnectorError) and restarting
+            self.proxy.settle(admission, failed=None if refused else True)
+            await _refuse(scope, send, 503 if refused else 502)
             return
         except BaseException:
             self.proxy.settle(admission, failed=None)

@@ -169,6 +169,7 @@ POST = "POST /api/echo HTTP/1.1\r\nHost: t\r\n"
         ("GET /inside.txt HTTP/1.1\r\nConnection: close\r\n\r\n", [400]),  # no Host
         ("GET /inside.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", [400]),
         ("GET /inside.txt HTTP/1.1\r\nHost: a b\r\n\r\n", [400]),
+        ("GET /inside.txt HTTP/1.1\r\nHost: \r\n\r\n", [400]),  # RFC 9110 §4.2.1: empty
         ("GET /inside.txt HTTP/1.1\r\nHost: a/b@c\r\n\r\n", [400]),
         ("GET /inside.txt HTTP/1.0\r\n\r\n", [200]),  # 1.0 needs no Host
         # the absolute form: served from here, never fetched from elsewhere

@@ -4,13 +4,16 @@ faulty app (tests/faults/injector.py), which records every request that reaches 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
+from offload.config import Upstream
 from offload.proxy.breaker import Admission, Breaker, ConcurrencyCap
+from offload.proxy.http import HttpProxy, ProxySettings
 from tests.faults.injector import FaultyApp
 from tests.servers import FIXTURES, Offload, free_port, metric, poll, run_offload
 
@@ -159,6 +162,8 @@ class TestBreaker:
         response = httpx.get(guarded.url + "/socket", headers=upgrade)
         assert response.status_code == 503
         assert "retry-after" in response.headers
+        counted = {"route": "websocket", "method": "GET", "code": "503"}  # not 499
+        assert metric(metrics(guarded), "offload_http_requests_total", **counted) == 1
 
 
 class TestConcurrencyCap:
@@ -232,6 +237,52 @@ class TestUnits:
         assert not breaker.is_open
         assert breaker.admit() is Admission.PASSED
 
+    def test_a_probe_held_up_does_not_hold_the_breaker_for_more_than_a_cooldown(self) -> None:
+        breaker = Breaker(failures=1, cooldown_seconds=0.05)
+        breaker.settle(breaker.admit(), failed=True)
+        time.sleep(0.06)
+        slow_probe = breaker.admit()  # a slow upload, say, still going
+        assert slow_probe is Admission.PROBE
+        assert breaker.admit() is Admission.REFUSED
+        time.sleep(0.06)
+        assert breaker.admit() is Admission.PROBE  # another may try
+        breaker.settle(slow_probe, failed=False)
+        assert not breaker.is_open
+
+    def test_a_probe_that_leaves_while_waiting_for_a_slot_frees_its_place(self) -> None:
+        """The probe waits in the cap's line and its client goes: the breaker must not stay
+        half-open, refusing every request, for want of the probe's outcome."""
+
+        async def scenario() -> None:
+            settings = ProxySettings(
+                breaker_failures=1, breaker_cooldown_seconds=0.3, max_concurrency=1
+            )
+            proxy = HttpProxy(Upstream.parse(f"127.0.0.1:{free_port()}"), settings)
+            assert proxy.breaker is not None
+            assert proxy.cap is not None
+            proxy.breaker.settle(proxy.breaker.admit(), failed=True)  # open
+            assert await proxy.cap.acquire()  # the one slot, taken
+            await asyncio.sleep(0.31)  # the cooldown is over
+
+            async def receive() -> dict[str, object]:
+                await asyncio.Event().wait()  # the client says nothing more
+                return {}
+
+            async def send(message: object) -> None:
+                pass
+
+            scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/"}
+            scope |= {"query_string": b"", "headers": [], "client": ("127.0.0.1", 1)}
+            probe = asyncio.create_task(proxy(scope, receive, send))
+            await asyncio.sleep(0.05)
+            assert proxy.cap.waiting == 1  # the probe, in line
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+            assert proxy.breaker.admits_a_probe()  # at once, not a cooldown later
+
+        asyncio.run(scenario())
+
     def test_cap_hands_a_freed_slot_to_the_first_in_line(self) -> None:
         async def scenario() -> None:
             cap = ConcurrencyCap(limit=1, wait_seconds=1)
@@ -288,3 +339,11 @@ def test_a_refused_app_under_the_watchdog_is_503(start_offload: Callable[..., Of
         response = get(server, "/api")
         assert (response.status_code, response.headers.get("retry-after")) == (503, "1")
         assert "restarting" in response.text
+    upgrade = {
+        "connection": "Upgrade",
+        "upgrade": "websocket",
+        "sec-websocket-version": "13",
+        "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    assert httpx.get(server.url + "/socket", headers=upgrade).status_code == 503
+    assert metric(metrics(server), "offload_upstream_breaker_trips_total") == 0
