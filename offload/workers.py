@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -31,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from offload.config import Config
+from offload.supervise import Backoff
 
 logger = logging.getLogger("offload")
 ASK_TIMEOUT_SECONDS = 2.0
@@ -73,19 +75,34 @@ class Workers:
         return process
 
     async def run(self) -> None:
-        """Start the workers, replace any that dies, and return once all have stopped."""
-        self.processes = [self._start(index) for index in range(self.config.workers)]
+        """Start the workers, replace any that dies, and return once all have stopped. A
+        worker that keeps dying is replaced later each time, as the watchdog restarts the app
+        (`Backoff`: 0.5 s doubling to 30 s), so a crash loop does not spin the machine."""
+        count = self.config.workers
+        self.processes = [self._start(index) for index in range(count)]
+        started = [time.monotonic()] * count
+        backoffs = [Backoff() for _ in range(count)]
+        due: list[float | None] = [None] * count  # when a dead worker's replacement starts
         try:
             while not self.stopping:
                 await asyncio.sleep(WATCH_SECONDS)
                 for index, process in enumerate(self.processes):
-                    if not process.is_alive() and not self.stopping:
+                    now = time.monotonic()
+                    if process.is_alive() or self.stopping:
+                        continue
+                    replace_at = due[index]
+                    if replace_at is None:
+                        seconds = backoffs[index].next_seconds(now - started[index])
+                        due[index] = now + seconds
                         logger.error(
-                            "worker %d exited with status %s: starting another",
+                            "worker %d exited with status %s: starting another in %s s",
                             index,
                             process.exitcode,
+                            seconds,
                         )
+                    elif now >= replace_at:
                         self.processes[index] = self._start(index)
+                        started[index], due[index] = now, None
             await self._wait_for_exit()
         finally:
             for process in self.processes:

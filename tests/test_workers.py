@@ -92,6 +92,26 @@ def test_a_worker_that_dies_is_replaced(two_workers: Offload) -> None:
     assert "worker 0 exited" in two_workers.output() or "worker 1 exited" in two_workers.output()
 
 
+def test_a_worker_that_keeps_dying_is_replaced_later_each_time(two_workers: Offload) -> None:
+    """Killed twice within 10 s of starting: replaced after 0.5 s, then after 1 s."""
+    primary = two_workers.process.pid
+    victim = min(workers_of(primary))
+    replaced_after = []
+    for _ in range(2):
+        others = set(workers_of(primary)) - {victim}
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        while time.monotonic() < killed + 15 and not set(workers_of(primary)) - others - {victim}:
+            time.sleep(0.05)
+        replaced_after.append(time.monotonic() - killed)
+        (victim,) = set(workers_of(primary)) - others  # its replacement, killed next
+    output = two_workers.output()
+    assert "starting another in 0.5 s" in output
+    assert "starting another in 1.0 s" in output
+    assert replaced_after[0] >= 0.5
+    assert replaced_after[1] >= 1.0, replaced_after
+
+
 def test_sigterm_stops_every_worker_and_exits_0(two_workers: Offload) -> None:
     pids = workers_of(two_workers.process.pid)
     two_workers.process.send_signal(signal.SIGTERM)
