@@ -79,6 +79,8 @@ def _opaque(tag: str) -> str:
 
 def is_weak_match(header: str, etag: str) -> bool:
     """RFC 9110 §8.8.3.2 weak comparison against a list or ``*``, as ``If-None-Match`` uses."""
+    if header == etag:  # a revalidation sends back the one tag it got: most requests
+        return True
     tags = parse_entity_tags(header)
     return tags is None or any(_opaque(tag) == _opaque(etag) for tag in tags)
 
