@@ -80,20 +80,29 @@ def settled(server: Offload, node_app: NodeApp) -> tuple[int, int, int]:
 def test_clients_leaving_mid_response_leave_nothing_behind(
     server: Offload, node_app: NodeApp
 ) -> None:
-    asyncio.run(_many_leaving(server.port))  # a first round: every pool and buffer at its size
-    fds, connections, rss = settled(server, node_app)
-    started = time.monotonic()
+    """Two rounds of 10,000 after a first that brings every pool and buffer to its size. The
+    level memory settles at after a round varies by a few MiB (the allocator's arenas, one per
+    file-reading thread), so memory is judged over the last round, with a looser bound over
+    both: a leak grows with every round."""
     asyncio.run(_many_leaving(server.port))
+    fds, connections, rss = settled(server, node_app)
+    rss_rounds = [rss]
+    started = time.monotonic()
+    for _ in range(2):
+        asyncio.run(_many_leaving(server.port))
+        fds_after, connections_after, rss_after = settled(server, node_app)
+        rss_rounds.append(rss_after)
     took = time.monotonic() - started
-    fds_after, connections_after, rss_after = settled(server, node_app)
     print(
-        f"\n{DISCONNECTING_CLIENTS} clients leaving in {took:.1f} s: fds {fds} -> {fds_after}, "
-        f"connections to the app {connections} -> {connections_after}, "
-        f"RSS {rss / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB"
+        f"\n{DISCONNECTING_CLIENTS} clients leaving, twice, in {took:.1f} s: fds {fds} -> "
+        f"{fds_after}, connections to the app {connections} -> {connections_after}, RSS "
+        + " -> ".join(f"{value / 2**20:.1f}" for value in rss_rounds)
+        + " MiB"
     )
     assert fds_after <= fds + 2
     assert connections_after <= connections + 2
-    assert rss_after <= rss + 8 * 2**20
+    assert rss_rounds[2] <= rss_rounds[1] + 8 * 2**20
+    assert rss_rounds[2] <= rss_rounds[0] + 16 * 2**20
     assert "Traceback" not in server.output()
 
 
