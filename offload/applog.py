@@ -8,14 +8,12 @@ import asyncio
 import codecs
 import contextlib
 import json
-import os
-import select
 import sys
-import time
 from collections.abc import Iterator, Sequence
 
+from offload.observe import ATOMIC_WRITE_BYTES, timestamp, write_all, write_whole_lines
+
 READ_BYTES = 65536
-ATOMIC_WRITE_BYTES = select.PIPE_BUF  # as the access log: a pipe write this small is never split
 # A line still without its end past this many characters is passed on as it is, in pieces:
 # an app that writes a megabyte without a newline does not make offload hold a megabyte.
 MAX_PENDING_CHARS = 16384
@@ -39,26 +37,19 @@ async def relay_output(reader: asyncio.StreamReader, stream: str) -> None:
 
 
 def write_lines(stream: str, lines: Sequence[str]) -> None:
-    """Write the lines as JSON lines on offload's stdout, in writes of whole JSON lines of at
-    most `ATOMIC_WRITE_BYTES`: the access log and offload's own log share the stream (with
-    ``--workers``, from several processes), and the kernel keeps only writes that small in one
-    piece."""
+    """Write the lines as JSON lines on offload's stdout, whole (`write_whole_lines`): the
+    access log and offload's own log share the stream, with ``--workers`` from several
+    processes."""
     sys.stdout.flush()  # what went through the stream object first
     fd = sys.stdout.fileno()
-    chunk = b""
-    for line in lines:
-        for data in _json_lines(stream, line.removesuffix("\r")):
-            if chunk and len(chunk) + len(data) > ATOMIC_WRITE_BYTES:
-                _write(fd, chunk)
-                chunk = b""
-            chunk += data
-    _write(fd, chunk)
+    pieces = (data for line in lines for data in _json_lines(stream, line.removesuffix("\r")))
+    write_whole_lines(pieces, lambda data: _write(fd, data))
 
 
 def _json_lines(stream: str, message: str) -> Iterator[bytes]:
     """One JSON line for the message, or, when that would pass `ATOMIC_WRITE_BYTES`, several,
     each with a consecutive piece of it."""
-    entry = {"ts": _timestamp(), "source": "app", "stream": stream, "message": message}
+    entry = {"ts": timestamp(), "source": "app", "stream": stream, "message": message}
     data = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
     if len(data) <= ATOMIC_WRITE_BYTES or len(message) < 2:
         yield data
@@ -72,12 +63,4 @@ def _write(fd: int, data: bytes) -> None:
     """Write it all; if offload's stdout fails (closed, full), the lines are lost rather than
     the relay: it must go on reading, or the app would block on a full pipe."""
     with contextlib.suppress(OSError):
-        while data:
-            written = os.write(fd, data)
-            data = data[written:]
-
-
-def _timestamp() -> str:
-    """ISO 8601 UTC with milliseconds, as the access log writes it."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        write_all(fd, data)

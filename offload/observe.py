@@ -15,7 +15,7 @@ import os
 import select
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
@@ -209,23 +209,12 @@ class AccessLog:
         self._pending.append(line + "\n")
 
     def flush(self) -> None:
-        """Write the pending lines in writes of whole lines of at most `ATOMIC_WRITE_BYTES`:
-        with ``--workers`` every process writes to the same pipe, and the kernel keeps only
-        writes that small in one piece, so a line never interleaves with another's."""
+        """Write the pending lines, whole (`write_whole_lines`)."""
         lines, self._pending = self._pending, []
         if not lines:
             return
         self.stream.flush()  # whatever went through the stream object first
-        chunk: list[bytes] = []
-        size = 0
-        for line in lines:
-            data = line.encode()
-            if chunk and size + len(data) > ATOMIC_WRITE_BYTES:
-                self._write(b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(data)
-            size += len(data)
-        self._write(b"".join(chunk))
+        write_whole_lines((line.encode() for line in lines), self._write)
 
     def _write(self, data: bytes) -> None:
         try:
@@ -234,9 +223,30 @@ class AccessLog:
             self.stream.write(data.decode())
             self.stream.flush()
             return
-        while data:
-            written = os.write(fd, data)
-            data = data[written:]
+        write_all(fd, data)
+
+
+def write_whole_lines(lines: Iterable[bytes], write: Callable[[bytes], None]) -> None:
+    """Hand ``write`` the lines in pieces of whole lines of at most `ATOMIC_WRITE_BYTES`: with
+    ``--workers`` (and the app's output under ``--app-log json``) several writers share one
+    pipe, and the kernel keeps only writes that small in one piece, so a line never
+    interleaves with another's."""
+    chunk: list[bytes] = []
+    size = 0
+    for data in lines:
+        if chunk and size + len(data) > ATOMIC_WRITE_BYTES:
+            write(b"".join(chunk))
+            chunk, size = [], 0
+        chunk.append(data)
+        size += len(data)
+    if chunk:
+        write(b"".join(chunk))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
 
 
 class ObserveMiddleware:
@@ -345,7 +355,7 @@ def _log_record(
     headers = dict(scope.get("headers", []))
     client = scope.get("client")
     record: dict[str, object] = {
-        "ts": _timestamp(),
+        "ts": timestamp(),
         "method": scope.get("method", "GET"),
         "path": getattr(facts, "path", scope.get("path")),
         "query": scope.get("query_string", b"").decode("latin-1"),
@@ -368,7 +378,7 @@ def _log_record(
 _second_text: tuple[int, str] = (-1, "")
 
 
-def _timestamp() -> str:
+def timestamp() -> str:
     """ISO 8601 UTC with milliseconds; the seconds part is formatted once a second."""
     global _second_text
     now = time.time()
