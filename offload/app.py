@@ -120,13 +120,9 @@ class Edge:
         asset, whole = answer
 
         def facts() -> RequestFacts:
-            return RequestFacts(
-                path=path,
-                raw_path=scope.get("raw_path"),
-                client_request_id=_client_request_id(scope),
-                route="static",
-                static_file=asset.path,
-            )
+            made = _facts(scope, path)
+            _decide(made, "static", asset)
+            return made
 
         await self._observed.send_whole(scope, send, whole, route="static", facts=facts)
         return True
@@ -141,11 +137,7 @@ class Edge:
         except BadPath as error:
             await _refuse(scope, send, error)
             return
-        facts = RequestFacts(
-            path=checked,
-            raw_path=scope.get("raw_path"),
-            client_request_id=_client_request_id(scope),
-        )
+        facts = _facts(scope, checked)
         # The scope is this request's own (uvicorn makes one per request, state included)
         scope["path"] = checked
         scope.setdefault("state", {})[STATE_KEY] = facts
@@ -223,6 +215,13 @@ class Edge:
                 self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _facts(scope: Scope, path: str) -> RequestFacts:
+    """What offload knows of a request before routing: its checked path and request id."""
+    return RequestFacts(
+        path=path, raw_path=scope.get("raw_path"), client_request_id=_client_request_id(scope)
+    )
 
 
 def _client_request_id(scope: Scope) -> str | None:
