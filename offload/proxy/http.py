@@ -39,6 +39,7 @@ from offload.responses import http_date, send_plain_text
 logger = logging.getLogger("offload.proxy")
 
 BREAKER_OPEN = "the app is failing: offload's circuit breaker is open"
+RETRY_SOON: Header = (b"retry-after", b"1")
 CONNECT_RETRY_FIRST_SECONDS = 0.05
 CONNECT_RETRY_MAX_SECONDS = 0.5
 
@@ -193,7 +194,7 @@ class HttpProxy:
             refusal = "too many requests at the app: try again shortly"
         if refusal is not None:
             _note(facts, "upstream_rejected")
-            await _send_unavailable(send, refusal, self.retry_after_seconds())
+            await send_plain_text(send, 503, refusal, headers=[self.retry_after()])
             return
         try:
             await self._exchange(scope, reader, send, facts, admission)
@@ -205,17 +206,25 @@ class HttpProxy:
         """A slot under the cap; without one (refused, or the client left while waiting), the
         breaker hears that this request tells nothing about the app."""
         assert self.cap is not None
+        taken = False
         try:
-            if await self.cap.acquire():
-                return True
-        except BaseException:
-            self.settle(admission, failed=None)
-            raise
-        self.settle(admission, failed=None)
-        return False
+            taken = await self.cap.acquire()
+        finally:
+            if not taken:
+                self.settle(admission, failed=None)
+        return taken
 
-    def retry_after_seconds(self) -> int:
-        return self.breaker.retry_after_seconds() if self.breaker is not None else 1
+    def settle_refused(self, admission: Admission) -> bool:
+        """The app refused the connection; whether it is between lives, restarted by offload's
+        watchdog (then no verdict on it), rather than failing."""
+        restarting = self.settings.restarted_by_offload
+        self.settle(admission, failed=None if restarting else True)
+        return restarting
+
+    def retry_after(self) -> Header:
+        """``Retry-After`` for offload's own 503: the rest of the breaker's cooldown, or 1 s."""
+        seconds = self.breaker.retry_after_seconds() if self.breaker is not None else 1
+        return (b"retry-after", str(seconds).encode())
 
     async def _exchange(
         self,
@@ -240,12 +249,9 @@ class HttpProxy:
             return
         except UpstreamRefused:
             _note(facts, "upstream_refused")
-            if self.settings.restarted_by_offload:
-                # the watchdog knows the app is down and brings it back: not the breaker's call
-                self.settle(admission, failed=None)
-                await _send_unavailable(send, "the app is restarting", 1)
+            if self.settle_refused(admission):
+                await send_plain_text(send, 503, "the app is restarting", headers=[RETRY_SOON])
             else:
-                self.settle(admission, failed=True)
                 await send_plain_text(send, 502, "the app refused the connection")
             return
         except UpstreamError as error:
@@ -392,11 +398,6 @@ class HttpProxy:
         finally:
             sending.cancel()
             body_sent.cancel()  # also when cancelled inside the wait: no task left pending
-
-
-async def _send_unavailable(send: Send, reason: str, retry_after_seconds: int) -> None:
-    retry_after = (b"retry-after", str(retry_after_seconds).encode())
-    await send_plain_text(send, 503, reason, headers=[retry_after])
 
 
 def _note(facts: RequestFacts | None, error: str) -> None:

@@ -47,8 +47,7 @@ class WebSocketBridge:
             return
         admission = self.proxy.admit()
         if admission is Admission.REFUSED:
-            retry_after = (b"retry-after", str(self.proxy.retry_after_seconds()).encode())
-            await _refuse(scope, send, 503, BREAKER_OPEN, headers=[retry_after])
+            await _refuse(scope, send, 503, BREAKER_OPEN, headers=[self.proxy.retry_after()])
             return
         try:
             upstream = await self._connect(scope)
@@ -63,12 +62,12 @@ class WebSocketBridge:
             self.proxy.settle(admission, failed=True)
             await _refuse(scope, send, 504)
             return
-        except aiohttp.ClientError as error:
-            # as for HTTP: a refused app under the watchdog is between lives, not failing
-            restarting = self.proxy.settings.restarted_by_offload
-            refused = isinstance(error, aiohttp.ClientConnectorError) and restarting
-            self.proxy.settle(admission, failed=None if refused else True)
-            await _refuse(scope, send, 503 if refused else 502)
+        except aiohttp.ClientConnectorError:  # refused, as for HTTP
+            await _refuse(scope, send, 503 if self.proxy.settle_refused(admission) else 502)
+            return
+        except aiohttp.ClientError:
+            self.proxy.settle(admission, failed=True)
+            await _refuse(scope, send, 502)
             return
         except BaseException:
             self.proxy.settle(admission, failed=None)
