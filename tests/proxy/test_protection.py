@@ -18,6 +18,12 @@ from tests.faults.injector import FaultyApp
 from tests.servers import FIXTURES, Offload, free_port, metric, poll, run_offload
 
 COOLDOWN_SECONDS = 1.5
+UPGRADE = {  # a WebSocket handshake, as httpx can send it (it gets no 101 from these tests)
+    "connection": "Upgrade",
+    "upgrade": "websocket",
+    "sec-websocket-version": "13",
+    "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
 
 
 @pytest.fixture
@@ -153,13 +159,7 @@ class TestBreaker:
 
     def test_websocket_upgrades_are_refused_while_it_is_open(self, guarded: Offload) -> None:
         trip(guarded)
-        upgrade = {
-            "connection": "Upgrade",
-            "upgrade": "websocket",
-            "sec-websocket-version": "13",
-            "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
-        }
-        response = httpx.get(guarded.url + "/socket", headers=upgrade)
+        response = httpx.get(guarded.url + "/socket", headers=UPGRADE)
         assert response.status_code == 503
         assert "retry-after" in response.headers
         counted = {"route": "websocket", "method": "GET", "code": "503"}  # not 499
@@ -339,11 +339,5 @@ def test_a_refused_app_under_the_watchdog_is_503(start_offload: Callable[..., Of
         response = get(server, "/api")
         assert (response.status_code, response.headers.get("retry-after")) == (503, "1")
         assert "restarting" in response.text
-    upgrade = {
-        "connection": "Upgrade",
-        "upgrade": "websocket",
-        "sec-websocket-version": "13",
-        "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
-    }
-    assert httpx.get(server.url + "/socket", headers=upgrade).status_code == 503
+    assert httpx.get(server.url + "/socket", headers=UPGRADE).status_code == 503
     assert metric(metrics(server), "offload_upstream_breaker_trips_total") == 0
