@@ -57,15 +57,35 @@ def select_encoding(header: str | None, available: tuple[str, ...]) -> str:
     key = (header, available)
     chosen = _chosen.get(key)
     if chosen is None:
-        if len(_chosen) >= _CHOSEN_MAX:
-            _chosen.clear()
-        chosen = _chosen[key] = _select(header, available)
+        chosen = _select(header, available)
+        _remember(key, chosen)
     return chosen
 
 
-# Clients send a handful of distinct Accept-Encoding values: each is parsed once.
-_CHOSEN_MAX = 1024
+# Clients send a handful of distinct Accept-Encoding values (a browser's is about 25
+# characters): each is parsed once. The memo is bounded in bytes, not entries, so that a client
+# sending many distinct values cannot make it pin memory (issue 14: 1,000 values of 30 KB held
+# 32 MiB): longer values are parsed every time, and the memo starts over when full.
+MEMO_HEADER_MAX_CHARS = 256
+MEMO_MAX_BYTES = 64 * 1024
+# what an entry costs besides its value's characters: the key tuple, the string's header and
+# the dictionary's slot (about 146 bytes on CPython 3.11, measured with tracemalloc)
+MEMO_ENTRY_BYTES = 160
 _chosen: dict[tuple[str, tuple[str, ...]], str] = {}
+_chosen_bytes = 0
+
+
+def _remember(key: tuple[str, tuple[str, ...]], chosen: str) -> None:
+    global _chosen_bytes
+    header = key[0]
+    if len(header) > MEMO_HEADER_MAX_CHARS:
+        return
+    size = len(header) + MEMO_ENTRY_BYTES
+    if _chosen_bytes + size > MEMO_MAX_BYTES:
+        _chosen.clear()
+        _chosen_bytes = 0
+    _chosen[key] = chosen
+    _chosen_bytes += size
 
 
 def _select(header: str, available: tuple[str, ...]) -> str:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
-from offload.negotiation import is_compressible, parse_accept_encoding, select_encoding
+from offload.negotiation import (
+    MEMO_MAX_BYTES,
+    is_compressible,
+    parse_accept_encoding,
+    select_encoding,
+)
 
 ALL = ("br", "zstd", "gzip")
 
@@ -36,6 +43,32 @@ ALL = ("br", "zstd", "gzip")
 )
 def test_select_encoding(header: str | None, available: tuple[str, ...], coding: str) -> None:
     assert select_encoding(header, available) == coding
+
+
+@pytest.mark.parametrize(
+    ("count", "padding"),
+    [
+        (1_000, 30_000),  # long values, each different: issue 14 pinned 32 MiB with these
+        (5_000, 0),  # short ones, each different: many entries
+    ],
+)
+def test_select_encoding_distinct_values_keep_the_memo_bounded(count: int, padding: int) -> None:
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for index in range(count):
+            header = f"br;q={index % 2}, gzip, x-{index}{'y' * padding}"
+            assert select_encoding(header, ALL) == ("br" if index % 2 else "gzip")
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held - before < 2 * MEMO_MAX_BYTES  # the bound, and the dictionary's table
+
+
+def test_select_encoding_answers_the_same_once_memoised() -> None:
+    header = "gzip, deflate, br, zstd"
+    assert [select_encoding(header, ALL) for _ in range(3)] == ["br"] * 3
+    assert select_encoding(header, ("gzip",)) == "gzip"  # another table, another entry
 
 
 def test_parse_accept_encoding_reads_q_values() -> None:
