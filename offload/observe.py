@@ -196,14 +196,9 @@ class AccessLog:
         if self.log_format == "off":
             return
         if self.log_format == "json":
-            line = json.dumps(record, separators=(",", ":"))
+            line = json.dumps(record, separators=(",", ":"))  # escapes every control character
         else:
-            query = f"?{record['query']}" if record["query"] else ""
-            line = (
-                f"{record['client']} {record['method']} {record['path']}{query} "
-                f"{record['status']} {record['bytes']} {record['duration_ms']}ms "
-                f"{record['route']} {record['request_id']}"
-            )
+            line = _text_line(record)
         if not self._pending:
             asyncio.get_running_loop().call_later(FLUSH_EVERY_SECONDS, self.flush)
         self._pending.append(line + "\n")
@@ -224,6 +219,46 @@ class AccessLog:
             self.stream.flush()
             return
         write_all(fd, data)
+
+
+def _text_line(record: dict[str, object]) -> str:
+    """``client method target status bytes duration route request_id``, what the client sent
+    escaped (`escape_text`) when it needs to be."""
+    query = f"?{record['query']}" if record["query"] else ""
+    line = (
+        f"{record['client']} {record['method']} {record['path']}{query} "
+        f"{record['status']} {record['bytes']} {record['duration_ms']}ms "
+        f"{record['route']} {record['request_id']}"
+    )
+    if line.isprintable() and line.count(" ") == 7 and "\\" not in line:
+        return line  # nearly every line, at the cost of three scans in C
+    client, method, target, request_id = (
+        escape_text(str(record[name])) for name in ("client", "method", "path", "request_id")
+    )
+    query = f"?{escape_text(str(record['query']))}" if record["query"] else ""
+    return (
+        f"{client} {method} {target}{query} {record['status']} {record['bytes']} "
+        f"{record['duration_ms']}ms {record['route']} {request_id}"
+    )
+
+
+def escape_text(value: str) -> str:
+    """``value`` as one field of a text line: control characters, other characters that do
+    not print (U+0085, U+2028…), the space that separates fields and the backslash itself
+    escaped as nginx does, ``\\xHH`` (``\\uHHHH`` past U+00FF), so that a client cannot forge
+    a line (``%0A`` in a path) or a field, nor send escape codes to a terminal (issue 14)."""
+    if value.isprintable() and " " not in value and "\\" not in value:
+        return value
+    return "".join(map(_escape_character, value))
+
+
+def _escape_character(character: str) -> str:
+    if character.isprintable() and character not in " \\":
+        return character
+    code = ord(character)
+    if code <= 0xFF:
+        return f"\\x{code:02X}"
+    return f"\\u{code:04X}" if code <= 0xFFFF else f"\\U{code:08X}"
 
 
 def write_whole_lines(lines: Iterable[bytes], write: Callable[[bytes], None]) -> None:

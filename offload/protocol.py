@@ -11,7 +11,12 @@ Limits (nginx's names in brackets):
   (``large_client_header_buffers``);
 - past ``--max-connections`` open connections, a request gets 503 with ``Retry-After``;
 - an HTTP/1.1 request without exactly one valid Host gets 400 (RFC 9112 §3.2), and a version
-  other than 1.0 and 1.1 (0.9, 2.0 spoken as text) gets 505.
+  other than 1.0 and 1.1 (0.9, 2.0 spoken as text) gets 505;
+- an upgrade other than WebSocket (``h2c``, ``CONNECT``) is not performed: httptools stops
+  reading at its head, so one that declares a body gets 400 (offload could not relay it), and
+  one without a body is answered as a plain request and its connection closed after it;
+- trailer fields of a chunked request are dropped, never merged into its headers (RFC 9110
+  §6.5.1): httptools reports them as more header fields, which the app would otherwise see.
 Deadlines are checked by a sweep every `SWEEP_SECONDS` (`enforce_deadlines`), so a request
 costs no timer of its own.
 """
@@ -63,6 +68,17 @@ class _Refused(Exception):
         self.reason = reason
 
 
+class _TrailerSink(list[tuple[bytes, bytes]]):
+    """Where the fields httptools reports after a head end up: nowhere. They are trailers, and
+    uvicorn would append them to the scope's headers, which the app may not have read yet."""
+
+    def append(self, field: tuple[bytes, bytes]) -> None:
+        pass
+
+
+_TRAILERS = _TrailerSink()
+
+
 class _CorkedTransport:
     """A transport whose writes in one turn of the event loop leave in one system call: uvicorn
     writes a response's head as soon as it is sent, and its body right after; joined, they
@@ -106,6 +122,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._deadline: float | None = time.monotonic() + self.limits.header_timeout_seconds
         self._in_head = False  # a request's first byte has come, its head not yet whole
         self._in_body = False
+        self._upgrade_ignored = False  # httptools stopped at an upgrade: the rest is not read
 
     def handle_websocket_upgrade(self) -> None:
         # a WebSocket writes one frame at a time: it gets the real transport, without the
@@ -142,6 +159,8 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._upgrade_ignored:
+            return  # the parser stopped for good; the connection closes after the response
         self._read_bytes = len(data)
         HttpToolsProtocol.data_received(self, data)
         # httptools hands over a header field only once it is whole, so one huge field would be
@@ -201,10 +220,30 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         limit = self.limits.max_connections
         if limit and len(self.connections) > limit:
             self._refuse(503, "too many connections: try again shortly")
+        upgrade = self.parser.should_upgrade()
+        if upgrade and not self._should_upgrade():
+            self._ignore_upgrade(headers)
         HttpToolsProtocol.on_headers_complete(self)
+        if upgrade:
+            if self.cycle is not None and self.cycle.scope is self.scope:
+                self.cycle.keep_alive = False  # the parser reads no further on this connection
+        else:
+            self.headers = _TRAILERS
         self._in_head = False
         self._in_body = True
         self._deadline = time.monotonic() + self.limits.body_timeout_seconds
+
+    def _ignore_upgrade(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """An upgrade offload does not perform. httptools ends the message at its head and reads
+        nothing after it, so a body it declares could not reach the app: refused."""
+        for name, value in headers:
+            if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0")):
+                self._refuse(400, "a request that upgrades to anything but WebSocket has no body")
+        self._upgrade_ignored = True
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn warns for every such request: a client could fill the log with it. The
+        request is answered (see `_ignore_upgrade`); what follows it on the connection is not."""
 
     def on_body(self, body: bytes) -> None:
         HttpToolsProtocol.on_body(self, body)

@@ -1,7 +1,10 @@
-"""The sidecar's view: readiness, drain, metrics and the access log, over real sockets."""
+"""The sidecar's view: readiness, drain, metrics and the access log, over real sockets; the
+access log's lines themselves in-process."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import time
 import uuid
@@ -11,6 +14,7 @@ import httpx
 import pytest
 
 from offload import __version__
+from offload.observe import AccessLog
 from tests.servers import FIXTURES, NodeApp, Offload, free_port, metric, poll, start_node_app
 
 
@@ -172,3 +176,79 @@ class TestAccessLog:
         first = json.loads(server.output().splitlines()[0])
         assert first["level"] == "info"
         assert "offload listening" in first["message"]
+
+
+def test_text_log_forged_line_over_the_wire_stays_one_escaped_line(
+    start_offload: Callable[..., Offload],
+) -> None:
+    server = start_offload("--static", FIXTURES, "--access-log", "text")
+    httpx.get(server.url + "/x%0A127.0.0.1%20GET%20/forged%20200%1B[2J")
+    time.sleep(0.4)  # lines are written in batches, every 0.2 s
+    logged = [line for line in server.output().splitlines() if "forged" in line]
+    assert len(logged) == 1
+    sent = r"/x\x0A127.0.0.1\x20GET\x20/forged\x20200\x1B[2J"
+    assert logged[0].split(" ")[1:4] == ["GET", sent, "404"]
+
+
+RECORD: dict[str, object] = {
+    "ts": "2026-01-01T00:00:00.000Z",
+    "method": "GET",
+    "path": "/",
+    "query": "",
+    "status": 200,
+    "duration_ms": 0.1,
+    "bytes": 5,
+    "route": "static",
+    "client": "127.0.0.1",
+    "request_id": "req-1",
+    "user_agent": None,
+}
+
+
+def logged(log_format: str, **fields: object) -> str:
+    """What an `AccessLog` writes for one request with these fields."""
+    stream = io.StringIO()
+    log = AccessLog(log_format, stream)
+
+    async def write() -> None:
+        log.write({**RECORD, **fields})
+        log.flush()
+
+    asyncio.run(write())
+    return stream.getvalue()
+
+
+# (what the client sent, as it appears in a text line): control characters, characters that do
+# not print, the field separator and the backslash itself are escaped; the rest is kept
+CLIENT_TEXT = [
+    ("/style.css", "/style.css"),
+    ("/café/日本", "/café/日本"),
+    ("/x\n127.0.0.1 GET /forged", r"/x\x0A127.0.0.1\x20GET\x20/forged"),
+    ("/x\r\t\x00", r"/x\x0D\x09\x00"),
+    ("/\x1b[2J\x1b[31mred", r"/\x1B[2J\x1B[31mred"),
+    ("/\x7f\x85", r"/\x7F\x85"),
+    ("/line\u2028separator\u2029", r"/line\u2028separator\u2029"),
+    ("/tag\U000e0001", r"/tag\U000E0001"),
+    ("/back\\slash\\x0A", r"/back\x5Cslash\x5Cx0A"),
+]
+
+
+@pytest.mark.parametrize(("sent", "written"), CLIENT_TEXT)
+def test_text_log_path_unsafe_characters_escaped(sent: str, written: str) -> None:
+    line = logged("text", path=sent)
+    assert line.count("\n") == 1
+    assert line.split(" ")[2] == written
+
+
+def test_text_log_every_field_the_client_sent_escaped() -> None:
+    line = logged("text", method="G\nET", query="a=\x1b", request_id="id 1\n2")
+    assert line == (r"127.0.0.1 G\x0AET /?a=\x1B 200 5 0.1ms static id\x201\x0A2" + "\n")
+
+
+@pytest.mark.parametrize("sent", [sent for sent, _ in CLIENT_TEXT])
+def test_json_log_any_client_text_stays_one_exact_line(sent: str) -> None:
+    line = logged("json", path=sent, request_id=sent, user_agent=sent)
+    assert line.count("\n") == 1
+    assert line.isascii()  # U+2028 and U+0085 too, which some readers take for line breaks
+    record = json.loads(line)
+    assert (record["path"], record["request_id"], record["user_agent"]) == (sent, sent, sent)

@@ -32,10 +32,16 @@ FORWARDED_HEADERS = frozenset(
 )
 # nginx's hint to its own buffering, meant for the proxy, not the client.
 CONSUMED_RESPONSE_HEADERS = frozenset({b"x-accel-buffering"})
+# The request's framing is offload's own, written from what it will send (proxy/http.py): the
+# client's is never passed on, so no Connection option can remove or change it.
+FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 # A client listing these in Connection must not make the proxy drop them.
 NEVER_HOP_BY_HOP = frozenset({b"host"})
 # uvicorn answered "Expect: 100-continue" already; the app gets the body without waiting.
 CONSUMED_REQUEST_HEADERS = frozenset({b"expect"})
+
+_DROPPED_FROM_TRUSTED = FRAMING_HEADERS | CONSUMED_REQUEST_HEADERS
+_DROPPED_FROM_UNTRUSTED = _DROPPED_FROM_TRUSTED | FORWARDED_HEADERS
 
 
 def connection_options(headers: Iterable[Header]) -> frozenset[bytes]:
@@ -79,7 +85,8 @@ def create_upstream_headers(
     request_id: str,
     trusted: bool = False,
 ) -> list[Header]:
-    """The app's request headers: the client's end-to-end ones in order, then X-Forwarded-*.
+    """The app's request headers: the client's end-to-end ones in order, then X-Forwarded-*;
+    never the client's framing (`FRAMING_HEADERS`), which the caller writes itself.
 
     From an untrusted peer, forwarding headers are replaced; from a ``trusted`` one (listed in
     ``--trusted-proxies``) they are kept and the peer is appended to ``X-Forwarded-For``.
@@ -87,7 +94,7 @@ def create_upstream_headers(
     """
     headers = list(headers)
     options = connection_options(headers)
-    dropped = CONSUMED_REQUEST_HEADERS if trusted else FORWARDED_HEADERS | CONSUMED_REQUEST_HEADERS
+    dropped = _DROPPED_FROM_TRUSTED if trusted else _DROPPED_FROM_UNTRUSTED
     kept: list[Header] = []
     seen: dict[bytes, bytes] = {}
     for name, value in headers:
@@ -143,7 +150,12 @@ def create_client_headers(
 
 
 def rewrite_location(location: bytes, origins: tuple[bytes, ...]) -> bytes:
-    """``http://localhost:3000/x?y`` → ``/x?y`` when that origin is the app's own."""
+    """``http://localhost:3000/x?y`` → ``/x?y`` when that origin is the app's own.
+
+    The result is always a path on this host: ``http://localhost:3000//evil.example/x`` gives
+    ``/evil.example/x``, never the network-path reference ``//evil.example/x`` (RFC 3986 §4.2),
+    which a browser would follow to another host; browsers also read ``\\`` as ``/`` and drop
+    tabs, so those are collapsed too."""
     lowered = location.lower()
     for origin in origins:
         if lowered.startswith(origin):
@@ -151,5 +163,5 @@ def rewrite_location(location: bytes, origins: tuple[bytes, ...]) -> bytes:
             if rest[:1] in (b"", b"?", b"#"):
                 return b"/" + rest
             if rest[:1] == b"/":
-                return rest
+                return b"/" + rest.lstrip(b"/\\\t")
     return location

@@ -125,8 +125,8 @@ class HttpProxy:
             self._session = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        length = _declared_length(scope["headers"])
-        if length > (self.settings.max_body_bytes or float("inf")):
+        framing = _Framing.of(scope["headers"])
+        if (framing.length or 0) > (self.settings.max_body_bytes or float("inf")):
             await send_plain_text(send, 413, "the request body is larger than allowed")
             return
         progress = _ResponseProgress(send)
@@ -145,11 +145,11 @@ class HttpProxy:
             on_abort=cancel_unless_complete,
             stall_timeout_seconds=self.settings.read_timeout_seconds,
             max_body_bytes=self.settings.max_body_bytes,
-            has_body=length > 0 or _header(scope["headers"], b"transfer-encoding") is not None,
+            has_body=framing.has_body,
         )
         reading = asyncio.create_task(reader.run())
         try:
-            await self._relay(scope, reader, progress.send)
+            await self._relay(scope, reader, progress.send, framing)
         except asyncio.CancelledError:
             # the relay runs in this task (a task less per request); a cancel that is not
             # the reader's own, such as server shutdown, goes on up
@@ -183,7 +183,9 @@ class HttpProxy:
         if self.breaker is not None:
             self.breaker.settle(admission, failed=failed)
 
-    async def _relay(self, scope: Scope, reader: RequestReader, send: Send) -> None:
+    async def _relay(
+        self, scope: Scope, reader: RequestReader, send: Send, framing: _Framing
+    ) -> None:
         facts = request_facts(scope)
         admission = self.admit()
         refusal = None
@@ -197,7 +199,7 @@ class HttpProxy:
             await send_plain_text(send, 503, refusal, headers=[self.retry_after()])
             return
         try:
-            await self._exchange(scope, reader, send, facts, admission)
+            await self._exchange(scope, reader, send, facts, admission, framing)
         finally:
             if self.cap is not None:
                 self.cap.release()
@@ -233,6 +235,7 @@ class HttpProxy:
         send: Send,
         facts: RequestFacts | None,
         admission: Admission,
+        framing: _Framing,
     ) -> None:
         request_id = (
             facts.request_id.encode()
@@ -241,7 +244,7 @@ class HttpProxy:
         )
         started = time.perf_counter()
         try:
-            response = await self._send_request(scope, reader, request_id)
+            response = await self._send_request(scope, reader, request_id, framing)
         except TimeoutError:
             self.settle(admission, failed=True)
             _note(facts, "upstream_timeout")
@@ -340,7 +343,7 @@ class HttpProxy:
         await send({"type": "http.response.body", "body": encoder.finish() if encoder else b""})
 
     async def _send_request(
-        self, scope: Scope, reader: RequestReader, request_id: bytes
+        self, scope: Scope, reader: RequestReader, request_id: bytes, framing: _Framing
     ) -> UpstreamResponse:
         """The app's response head. A refused connection is retried for up to the connect
         timeout (the app may be restarting); nothing is sent then, so even a POST is safe.
@@ -350,7 +353,7 @@ class HttpProxy:
         pause = CONNECT_RETRY_FIRST_SECONDS
         while True:
             try:
-                return await self._attempt(scope, reader, request_id)
+                return await self._attempt(scope, reader, request_id, framing)
             except UpstreamRefused:
                 if time.monotonic() + pause > deadline or reader.disconnected.is_set():
                     raise
@@ -358,10 +361,10 @@ class HttpProxy:
             pause = min(pause * 2, CONNECT_RETRY_MAX_SECONDS)
 
     async def _attempt(
-        self, scope: Scope, reader: RequestReader, request_id: bytes
+        self, scope: Scope, reader: RequestReader, request_id: bytes, framing: _Framing
     ) -> UpstreamResponse:
         """One try. The read timeout counts from the end of the request body, so a slow upload
-        is not mistaken for a slow app."""
+        is not mistaken for a slow app. The head's framing is offload's own (`_Framing`)."""
         assert self._pool is not None, "HttpProxy.start() runs in the lifespan"
         client = scope.get("client")
         peer = client[0] if client else None
@@ -372,12 +375,15 @@ class HttpProxy:
             request_id=request_id.decode("latin-1"),
             trusted=is_trusted(peer, self.settings.trusted_proxies),
         )
-        has_body = reader.has_body
-        chunked = has_body and _header(scope["headers"], b"content-length") is None
-        head = _request_head(scope, headers, host=self._host, chunked=chunked)
+        head = _request_head(scope, headers, host=self._host, framing=framing.header)
         method: str = scope["method"]
+        has_body = framing.has_body
         request = self._pool.request(
-            method, head, reader.chunks() if has_body else None, chunked=chunked
+            method,
+            head,
+            reader.chunks() if has_body else None,
+            chunked=framing.chunked,
+            length=framing.length,
         )
         if not has_body:  # the common case, kept lean
             async with asyncio.timeout(self.settings.read_timeout_seconds):
@@ -423,9 +429,14 @@ class _ResponseProgress:
 
 
 def raw_target(scope: Scope) -> str:
-    """The client's request target byte for byte: raw path and query, never re-encoded."""
+    """The client's request target byte for byte: raw path and query, never re-encoded; only
+    a path that starts with ``//`` loses its extra slashes. The app could read ``//x/admin`` as
+    a network-path reference (RFC 3986 §4.2: host ``x``, path ``/admin``), as Node's
+    ``new URL(req.url, base)`` does, while hooks checked the canonical ``/x/admin``."""
     raw_path: bytes | None = scope.get("raw_path")
     path = raw_path.decode("latin-1") if raw_path else quote(scope["path"])
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
     query: bytes = scope.get("query_string", b"")
     target = f"{path}?{query.decode('latin-1')}" if query else path
     # RFC 3986 allows only ASCII in a target; escape stray bytes rather than re-encode them
@@ -441,19 +452,57 @@ def _text_header(headers: list[Header], name: bytes) -> str | None:
     return ", ".join(values) if values else None
 
 
-def _declared_length(headers: list[Header]) -> int:
-    length = _header(headers, b"content-length")
-    return int(length) if length is not None and length.strip().isdigit() else 0
+@dataclass(frozen=True, slots=True)
+class _Framing:
+    """How the request's body goes to the app: ``length`` bytes, chunked, or none. Decided from
+    what the server hands offload (httptools has refused any ambiguous framing, and decoded
+    chunks), and written into the head by offload itself, never copied from the client's
+    headers: a ``Connection: content-length`` cannot take the framing off a body that follows.
+    """
+
+    length: int | None = None  # the client's Content-Length, re-sent as is
+    chunked: bool = False  # re-framed in chunks of offload's own (RFC 9112 §7.1)
+
+    @classmethod
+    def of(cls, headers: list[Header]) -> _Framing:
+        length = None
+        for name, value in headers:
+            if name == b"transfer-encoding":
+                return _CHUNKED  # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length
+            if name == b"content-length":
+                length = value.strip()
+        if length is None or not length.isdigit():
+            return _NO_BODY  # no body, or one offload cannot frame: nothing is relayed
+        return cls(length=int(length))
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.length)
+
+    @property
+    def header(self) -> bytes | None:
+        if self.chunked:
+            return b"transfer-encoding: chunked"
+        if self.length is not None:
+            return b"content-length: %d" % self.length
+        return None
 
 
-def _request_head(scope: Scope, headers: list[Header], *, host: bytes, chunked: bool) -> bytes:
-    """The request line and headers, as bytes: the client's values go out exactly as received."""
+_NO_BODY = _Framing()
+_CHUNKED = _Framing(chunked=True)
+
+
+def _request_head(
+    scope: Scope, headers: list[Header], *, host: bytes, framing: bytes | None
+) -> bytes:
+    """The request line and headers, as bytes: the client's values go out exactly as received,
+    then offload's framing."""
     lines = [b"%s %s HTTP/1.1" % (scope["method"].encode(), raw_target(scope).encode())]
     if not any(name.lower() == b"host" for name, _ in headers):
         lines.append(b"host: " + host)  # an HTTP/1.0 client may send none
     lines.extend(name + b": " + value for name, value in headers)
-    if chunked:
-        lines.append(b"transfer-encoding: chunked")
+    if framing is not None:
+        lines.append(framing)
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 

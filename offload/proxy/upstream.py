@@ -16,6 +16,7 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import cast
 
 import httptools
@@ -105,6 +106,10 @@ class UpstreamResponse:
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > MAX_RESPONSE_HEAD_BYTES:
             raise UpstreamMalformed("the app's response head is too large")  # nginx: 502 too
+        if self.status:
+            # a trailer field: never merged into the header section (RFC 9110 §6.5.1), where
+            # it could set a cookie or an X-Accel-Redirect the app did not send as a header
+            return
         self.headers.append((name, value))
 
     def on_headers_complete(self, status: int) -> bool:
@@ -159,6 +164,7 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False  # the last response allowed the connection to be reused
         self._unsolicited = False  # the app sent more than the response it was asked for
         self.sending: asyncio.Task[None] | None = None  # the request body, still going out
+        self.body_whole = True  # every byte the head declared went out (or none was declared)
         self.reused = False
         self.idle_since = 0.0
         self.closed = False
@@ -257,7 +263,9 @@ class _Connection(asyncio.Protocol):
 
     def finish(self, *, reusable: bool) -> None:
         keep_alive, self._keep_alive = self._keep_alive, False
-        request_sent = self.sending is None or self.sending.done()
+        # pooled only if the bytes sent are the bytes the head declared: else the app would
+        # read the rest of this body from the next request, or the next request as its rest
+        request_sent, self.body_whole = self.body_whole, True
         if self.sending is not None:
             self.sending.cancel()  # the app answered before taking the whole body
         self.response, self.sending = None, None
@@ -313,20 +321,22 @@ class UpstreamPool:
         head: bytes,
         body: AsyncIterator[bytes] | None,
         *,
-        chunked: bool,
+        chunked: bool = False,
+        length: int | None = None,
     ) -> UpstreamResponse:
-        """Send one request (``head`` is its request line and headers) and return once the
-        response head arrived. A reused connection the app had closed is retried once on a
-        fresh one when the request is idempotent and has no body (RFC 9112 §9.3.1)."""
+        """Send one request (``head`` is its request line and headers, framing included) and
+        return once the response head arrived. ``body`` goes out chunked, or must be exactly
+        the ``length`` bytes the head declares. A reused connection the app had closed is
+        retried once on a fresh one when the request is idempotent and has no body (RFC 9112
+        §9.3.1)."""
+        framing = _BodyFraming(chunked=chunked, length=length)
         connection = await self._acquire()
         try:
-            return await self._exchange(connection, method, head, body, chunked=chunked)
+            return await self._exchange(connection, method, head, body, framing)
         except UpstreamClosed:
             if not (connection.reused and body is None and method in IDEMPOTENT_METHODS):
                 raise
-        return await self._exchange(
-            await self._acquire(fresh=True), method, head, None, chunked=False
-        )
+        return await self._exchange(await self._acquire(fresh=True), method, head, None, framing)
 
     async def _exchange(
         self,
@@ -334,16 +344,14 @@ class UpstreamPool:
         method: str,
         head: bytes,
         body: AsyncIterator[bytes] | None,
-        *,
-        chunked: bool,
+        framing: _BodyFraming,
     ) -> UpstreamResponse:
         response = connection.start(method)
         try:
             await connection.write(head)
             if body is not None:  # the app may answer before the body is all sent
-                connection.sending = asyncio.create_task(
-                    _send_body(connection, body, chunked=chunked)
-                )
+                connection.body_whole = False
+                connection.sending = asyncio.create_task(_send_body(connection, body, framing))
             await response.head
             return response
         except BaseException:
@@ -445,11 +453,33 @@ class UpstreamPool:
         self._idle.clear()
 
 
-async def _send_body(connection: _Connection, body: AsyncIterator[bytes], *, chunked: bool) -> None:
-    """The request body as it arrives from the client: as is with a Content-Length, else in
-    chunked framing (RFC 9112 §7.1)."""
+@dataclass(frozen=True, slots=True)
+class _BodyFraming:
+    chunked: bool
+    length: int | None
+
+
+async def _send_body(
+    connection: _Connection, body: AsyncIterator[bytes], framing: _BodyFraming
+) -> None:
+    """The request body as it arrives from the client: in chunked framing (RFC 9112 §7.1), or
+    as is under the head's Content-Length. Bytes that do not add up to that length (a server
+    that handed over less, or more) would leave the app reading the next request as this
+    body: the connection is reset instead, and never pooled."""
+    sent = 0
     with contextlib.suppress(UpstreamClosed):  # the response path reports a closed connection
         async for chunk in body:
-            await connection.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-        if chunked:
-            await connection.write(b"0\r\n\r\n")
+            if framing.chunked:
+                await connection.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                continue
+            sent += len(chunk)
+            if framing.length is None or sent > framing.length:
+                break
+            await connection.write(chunk)
+        else:
+            if framing.chunked:
+                await connection.write(b"0\r\n\r\n")
+            if framing.chunked or sent == framing.length:
+                connection.body_whole = True
+                return
+        connection.reset()

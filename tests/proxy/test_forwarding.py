@@ -56,8 +56,12 @@ class TestRouting:
         assert response.json() == {"app": True, "method": method, "url": "/style.css"}
 
     def test_app_receives_the_raw_target_byte_for_byte(self, offload: Offload) -> None:
-        response = raw_get(offload.port, "//api/%2Fraw//path%3F?q=a%20b&q=%2F")
-        assert b'"url":"//api/%2Fraw//path%3F?q=a%20b&q=%2F"' in response.body
+        response = raw_get(offload.port, "/api/%2Fraw//path%3F?q=a%20b&q=%2F")
+        assert b'"url":"/api/%2Fraw//path%3F?q=a%20b&q=%2F"' in response.body
+
+    def test_a_leading_double_slash_is_collapsed_not_read_as_a_host(self, offload: Offload) -> None:
+        response = raw_get(offload.port, "//api/%2Fraw//path%3F?q=//x")
+        assert b'"url":"/api/%2Fraw//path%3F?q=//x"' in response.body
 
     def test_admin_paths_on_the_public_port_belong_to_the_app(self, client: httpx.Client) -> None:
         response = client.get("/livez")

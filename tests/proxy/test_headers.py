@@ -122,6 +122,11 @@ ORIGINS = (b"http://localhost:3000", b"http://127.0.0.1:3000")
         (b"http://localhost:3000.evil.test/x", b"http://localhost:3000.evil.test/x"),
         (b"https://example.test/x", b"https://example.test/x"),
         (b"/already/relative", b"/already/relative"),
+        # never a network-path (//host) or backslash reference: a browser goes to that host
+        (b"http://127.0.0.1:3000//evil.example/x", b"/evil.example/x"),
+        (b"http://127.0.0.1:3000/\\evil.example", b"/evil.example"),
+        (b"http://127.0.0.1:3000/\t/evil.example", b"/evil.example"),
+        (b"http://localhost:3000///\\/evil.example?q", b"/evil.example?q"),
     ],
 )
 def test_location_on_the_apps_origin_becomes_a_path(location: bytes, rewritten: bytes) -> None:
@@ -154,3 +159,21 @@ def test_trusted_peer_keeps_the_chain_and_appends_itself() -> None:
     assert (b"x-forwarded-proto", b"https") in forwarded
     assert (b"forwarded", b"for=1.1.1.1") in forwarded
     assert names(forwarded).count(b"x-forwarded-proto") == 1
+
+
+@pytest.mark.parametrize(
+    "connection", [b"content-length", b"keep-alive, Content-Length", b"transfer-encoding"]
+)
+def test_client_framing_never_passes_whatever_connection_names(connection: bytes) -> None:
+    # offload writes the framing of what it sends itself: the client's is never copied, so a
+    # Connection option can neither remove it nor leave a stale one behind
+    headers = [
+        (b"host", b"a.test"),
+        (b"connection", connection),
+        (b"content-length", b"5"),
+        (b"transfer-encoding", b"chunked"),
+    ]
+    forwarded = names(upstream(headers))
+    assert b"content-length" not in forwarded
+    assert b"transfer-encoding" not in forwarded
+    assert b"host" in forwarded

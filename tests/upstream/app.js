@@ -10,6 +10,8 @@ const { attachWebSocketServer, closeRecord } = require("./websocket.js");
 const releases = new Map(); // stream id -> function that finishes that stream
 const streamStates = new Map(); // stream id -> "open" | "finished" | "aborted"
 const fanouts = new Map(); // fan-out group id -> its open event streams
+const seen = []; // "METHOD url" of the latest requests, whatever their route: what reached the app
+const SEEN_KEPT = 10000;
 
 function json(res, status, body, headers = {}) {
   const data = JSON.stringify(body);
@@ -30,6 +32,7 @@ function echo(req, res) {
       url: req.url,
       httpVersion: req.httpVersion,
       rawHeaders: req.rawHeaders,
+      rawTrailers: req.rawTrailers,
       bodyLength: length,
       bodySha256: hash.digest("hex"),
     });
@@ -140,10 +143,40 @@ function download(res, bytes) {
   pump();
 }
 
+// A chunked response whose trailer section comes in the same write as its head: fields a proxy
+// must not merge into the header section (RFC 9110 §6.5.1).
+function withTrailers(res) {
+  res.socket.cork();
+  res.writeHead(200, { "content-type": "text/plain", trailer: "x-accel-redirect, set-cookie" });
+  res.write("the body\n");
+  res.addTrailers({
+    "x-accel-redirect": "/protected/report.txt",
+    "set-cookie": "trailer=1; Path=/",
+    location: "/elsewhere",
+  });
+  res.end();
+  process.nextTick(() => res.socket && res.socket.uncork());
+}
+
 const server = http.createServer((req, res) => {
+  seen.push(`${req.method} ${req.url}`);
+  if (seen.length > SEEN_KEPT) seen.shift();
+  // Routing as Node documents it, new URL(req.url, base): a target that starts with "//" names
+  // a host, and the path after it is what such an app routes.
+  if (new URL(req.url, "http://app.invalid").pathname.startsWith("/admin/")) {
+    return json(res, 200, { admin: true, url: req.url });
+  }
   const url = new URL(`http://app.invalid${req.url}`);
   const id = url.searchParams.get("id") || "";
   switch (url.pathname) {
+    case "/api/seen": {
+      // how many requests that reached the app contain ?marker= in their method and target
+      const marker = url.searchParams.get("marker") || "";
+      const count = seen.filter((line) => !line.startsWith("GET /api/seen") && line.includes(marker));
+      return json(res, 200, { count: count.length });
+    }
+    case "/api/trailers":
+      return withTrailers(res);
     case "/api/echo":
       return echo(req, res);
     case "/api/cookies":
