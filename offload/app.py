@@ -82,10 +82,8 @@ class Edge:
                 return "the static catalog is not loaded yet"
         if self.proxy is not None and not self.state.upstream_up:
             return "the app does not accept connections"
-        breaker = self.proxy.breaker if self.proxy is not None else None
-        # only until a probe may pass: traffic must be let in to send it
-        if breaker is not None and not breaker.admits_a_probe():
-            return "the circuit breaker toward the app is open"
+        # Not the circuit breaker: it opens on every replica at once when the app's failures
+        # come from the requests themselves, and static files are served while it is open.
         return None
 
     def begin_shutdown(self) -> None:

@@ -33,6 +33,12 @@ class Breaker:
     any request closes the breaker (the app answered); a failure of a request let in before the
     breaker opened does not extend the cooldown; a client that left before the app answered
     proves nothing either way.
+
+    What counts is what the app does, not what clients can make happen (`HttpProxy` decides):
+    a refused connection (unless offload's watchdog is restarting the app), a reset, or a
+    malformed answer is a failure; a timeout is no verdict, since any client can ask for a
+    slow endpoint; the app's own 5xx counts only with ``--breaker-on-5xx``. The breaker
+    answers for the proxy alone: readiness does not follow it.
     """
 
     def __init__(self, failures: int, cooldown_seconds: float) -> None:

@@ -246,7 +246,9 @@ class HttpProxy:
         try:
             response = await self._send_request(scope, reader, request_id, framing)
         except TimeoutError:
-            self.settle(admission, failed=True)
+            # not the app's failure for certain: any client can ask for a slow endpoint, and
+            # five at once would open the breaker for every request on every replica
+            self.settle(admission, failed=None)
             _note(facts, "upstream_timeout")
             await send_plain_text(send, 504, "the app did not answer in time")
             return

@@ -59,7 +59,7 @@ class WebSocketBridge:
             await _refuse(scope, send, status)
             return
         except TimeoutError:
-            self.proxy.settle(admission, failed=True)
+            self.proxy.settle(admission, failed=None)  # as for HTTP: no verdict on the app
             await _refuse(scope, send, 504)
             return
         except aiohttp.ClientConnectorError:  # refused, as for HTTP
