@@ -16,7 +16,8 @@ Limits (nginx's names in brackets):
   reading at its head, so one that declares a body gets 400 (offload could not relay it), and
   one without a body is answered as a plain request and its connection closed after it;
 - trailer fields of a chunked request are dropped, never merged into its headers (RFC 9110
-  §6.5.1): httptools reports them as more header fields, which the app would otherwise see.
+  §6.5.1): httptools reports them as more header fields, which the app would otherwise see;
+  a trailer section larger than `MAX_HEADER_BYTES` ends the request with 431.
 Deadlines are checked by a sweep every `SWEEP_SECONDS` (`enforce_deadlines`), so a request
 costs no timer of its own.
 """
@@ -123,6 +124,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._in_head = False  # a request's first byte has come, its head not yet whole
         self._in_body = False
         self._upgrade_ignored = False  # httptools stopped at an upgrade: the rest is not read
+        self._trailer_reads: int | None = None  # bytes read in a trailer section, if in one
 
     def handle_websocket_upgrade(self) -> None:
         # a WebSocket writes one frame at a time: it gets the real transport, without the
@@ -151,12 +153,8 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             self._answer_and_close(408, "the request head did not arrive in time")
         elif not self._in_body:
             self.transport.close()  # not one byte of a request: nothing to answer
-        elif cycle is not None and not cycle.response_started:
-            cycle.disconnected = True  # the app's answer, if any, is dropped: 408 goes instead
-            cycle.message_event.set()
-            self._answer_and_close(408, "the request body stalled")
         else:
-            self.transport.close()
+            self._abort_request(408, "the request body stalled")
 
     def data_received(self, data: bytes) -> None:
         if self._upgrade_ignored:
@@ -177,6 +175,15 @@ class EdgeHttpProtocol(HttpToolsProtocol):
                         self._answer_and_close(431, "the request's header fields are too large")
             else:
                 self._head_reads = 0
+        elif self._trailer_reads is not None and not self.transport.is_closing():
+            # the same for a trailer section, which httptools buffers field by field too
+            if self._trailer_reads >= 0:
+                self._trailer_reads += len(data)
+                if self._trailer_reads > MAX_HEADER_BYTES:
+                    self._trailer_reads = None
+                    self._abort_request(431, "the request's trailer fields are too large")
+            else:
+                self._trailer_reads = 0
 
     # -- parser callbacks -------------------------------------------------------------------------
 
@@ -247,7 +254,17 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         HttpToolsProtocol.on_body(self, body)
+        self._trailer_reads = None  # a chunk with data: not the last one
         self._deadline = time.monotonic() + self.limits.body_timeout_seconds
+
+    def on_chunk_header(self) -> None:
+        """A chunk begins. If it is the last (size 0), its trailer section follows before any
+        body byte: `data_received` counts the reads after this one until a body byte or the
+        chunk's end."""
+        self._trailer_reads = -1  # this read: not counted
+
+    def on_chunk_complete(self) -> None:
+        self._trailer_reads = None
 
     # -- refusals -------------------------------------------------------------------------------
 
@@ -263,6 +280,17 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
         else:
             self._answer_and_close(refusal.status, refusal.reason)
+
+    def _abort_request(self, status: int, reason: str) -> None:
+        """End the request whose body is still coming: answer ``status`` in the app's place if
+        its response has not started (the app's answer, if any, is dropped), else just close."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self._answer_and_close(status, reason)
+        else:
+            self.transport.close()
 
     def _answer_and_close(self, status: int, reason: str) -> None:
         body = f"{reason}\n".encode()

@@ -107,6 +107,32 @@ def test_one_header_field_growing_without_end_gets_431(strict: Offload) -> None:
     assert httpx.get(f"{strict.url}/style.css").status_code == 200
 
 
+TRAILER_STREAMS = {  # what starts the trailer section, and what then keeps coming
+    "one field": (b"X-Big: ", b"a" * 65536),
+    "many fields": (b"", b"X-Many: 0123456789abcdef0123456789\r\n" * 1820),
+}
+
+
+@pytest.mark.parametrize(("start", "piece"), TRAILER_STREAMS.values(), ids=TRAILER_STREAMS)
+def test_a_trailer_section_growing_without_end_gets_431(
+    strict: Offload, start: bytes, piece: bytes
+) -> None:
+    """Trailers are buffered by httptools as header fields are, and dropped after: counted too
+    (a 50 MB trailer field took offload from 45 to 141 MB)."""
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as connection:
+        connection.sendall(
+            b"POST /api/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n" + start
+        )
+        with contextlib.suppress(OSError):  # offload may close while this is still sending
+            for _ in range(64):  # 4 MiB at most, far past the 32 KiB a trailer section may take
+                connection.sendall(piece)
+        received = read_all(connection)
+    assert received.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert received.endswith(b"the request's trailer fields are too large\n")  # not the app's
+    assert httpx.get(f"{strict.url}/style.css").status_code == 200
+
+
 def test_past_max_connections_requests_get_503_with_retry_after(
     start_offload: Callable[..., Offload],
 ) -> None:
