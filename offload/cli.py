@@ -2,6 +2,7 @@
 ``offload compress DIR``, the build step that writes ``.br``/``.gz`` files.
 
 Flags win over the environment. A bad setting prints one line naming it and exits with 2.
+A secret has a variable and no flag (`ENVIRONMENT_ONLY`): a flag's value shows in ``ps``.
 """
 
 from __future__ import annotations
@@ -128,6 +129,14 @@ OPTIONS = (
         "admin_host",
         "address of the admin listener (default: the --host address)",
         "HOST",
+    ),
+    Option(
+        "--admin-token-file",
+        "admin_token_file",
+        "file holding the bearer token that opens POST/DELETE /drain to other machines "
+        "(or set the token itself in OFFLOAD_ADMIN_TOKEN)",
+        "FILE",
+        Path,
     ),
     Option(
         "--read-timeout",
@@ -307,6 +316,8 @@ OPTIONS = (
     ),
 )
 OPTION_BY_FIELD = {option.field: option for option in OPTIONS}
+# Config fields set only by a variable: the admin token would show in `ps` as a flag's value
+ENVIRONMENT_ONLY = {"admin_token": "OFFLOAD_ADMIN_TOKEN"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -354,6 +365,9 @@ def parse_config(
     follows ``--``); exit 2 on a bad setting."""
     arguments = vars(create_parser().parse_args(argv))
     values: dict[str, object] = {"command": tuple(command)}
+    for name, variable in ENVIRONMENT_ONLY.items():
+        if environ.get(variable):  # empty means unset
+            values[name] = environ[variable]
     for option in OPTIONS:
         given = arguments[option.field]
         text = environ.get(option.environment_variable) or None  # empty means unset
@@ -375,8 +389,10 @@ def parse_config(
     try:
         return Config(**values)  # type: ignore[arg-type]  # each parser returns its field's type
     except ConfigError as error:
-        option = OPTION_BY_FIELD[error.setting]
         value = "" if error.value is None else f" {str(error.value)!r}"
+        if error.setting in ENVIRONMENT_ONLY:  # a secret: its value is never shown
+            fail(f"{ENVIRONMENT_ONLY[error.setting]}: {error.reason}")
+        option = OPTION_BY_FIELD[error.setting]
         fail(f"{_source(option, arguments, environ)}{value}: {error.reason}")
 
 

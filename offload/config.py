@@ -8,7 +8,7 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -77,6 +77,10 @@ class Upstream:
 
 
 MAX_WORKERS = 64
+# RFC 6750 §2.1: what may follow "Bearer "; at least 16 characters, so it cannot be guessed
+# through the admin port (`openssl rand -hex 32` makes one)
+_ADMIN_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{16,}=*")
+ADMIN_TOKEN_FILE_MAX_BYTES = 4096
 APP_RESTART_POLICIES = ("never", "on-failure", "always")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
@@ -114,6 +118,10 @@ class Config:
     port: int = 8080
     admin_port: int = 9901
     admin_host: str | None = None  # None: the same address as the public listener
+    # The bearer token that opens POST/DELETE /drain to other machines (admin_access.py):
+    # OFFLOAD_ADMIN_TOKEN, or read from admin_token_file at start-up. Never in a repr or a log.
+    admin_token: str | None = field(default=None, repr=False)
+    admin_token_file: Path | None = None
     read_timeout_seconds: float = 60.0
     connect_timeout_seconds: float = 5.0
     cache_max_age_seconds: int | None = None
@@ -165,6 +173,7 @@ class Config:
             raise ConfigError("admin_port", self.admin_port, "must differ from the public port")
         if self.max_connections < 0:
             raise ConfigError("max_connections", self.max_connections, "must be >= 0")
+        self._check_admin_token()
         for name in (
             "read_timeout_seconds",
             "connect_timeout_seconds",
@@ -188,6 +197,30 @@ class Config:
             raise ConfigError("workers", self.workers, f"expected 1 to {MAX_WORKERS}")
         if self.hook_dir is not None and not Path(self.hook_dir).is_dir():
             raise ConfigError("hook_dir", str(self.hook_dir), "is not a directory")
+
+    def _check_admin_token(self) -> None:
+        """Read ``admin_token_file`` into ``admin_token``; either way, the token must be one.
+        The token itself is never named in an error."""
+        token = self.admin_token
+        if self.admin_token_file is not None:
+            from_file = _read_admin_token(self.admin_token_file)
+            # equal when this Config is a copy of one that read the file (dataclasses.replace)
+            if token is not None and token != from_file:
+                raise ConfigError(
+                    "admin_token_file",
+                    str(self.admin_token_file),
+                    "the admin token is set in the environment too: give it one way",
+                )
+            object.__setattr__(self, "admin_token", token := from_file)
+        if token is not None and not _ADMIN_TOKEN.fullmatch(token):
+            source = "admin_token" if self.admin_token_file is None else "admin_token_file"
+            shown = None if self.admin_token_file is None else str(self.admin_token_file)
+            raise ConfigError(
+                source,
+                shown,
+                "the admin token must be at least 16 letters, digits or -._~+/ "
+                "(e.g. openssl rand -hex 32)",
+            )
 
     def _check_proxy_options(self) -> None:
         if self.max_body_bytes is not None and self.max_body_bytes < 0:
@@ -275,6 +308,23 @@ def _check_static_root(static: Path) -> Path:
         return root.resolve()
     except OSError as error:  # a name too long, a parent that cannot be searched
         raise ConfigError("static", str(static), error.strerror or str(error)) from None
+
+
+def _read_admin_token(path: Path) -> str:
+    """The token in a file (a Kubernetes Secret mounted as a file, say), without the line end
+    an editor adds; `ConfigError` when it cannot be read or is empty."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(ADMIN_TOKEN_FILE_MAX_BYTES + 1)
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+        raise ConfigError("admin_token_file", str(path), reason) from None
+    if len(data) > ADMIN_TOKEN_FILE_MAX_BYTES:
+        raise ConfigError("admin_token_file", str(path), "is larger than 4 KiB: not a token")
+    token = data.strip().decode("latin-1")
+    if not token:
+        raise ConfigError("admin_token_file", str(path), "is empty")
+    return token
 
 
 def config_fields() -> tuple[str, ...]:

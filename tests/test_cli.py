@@ -7,11 +7,12 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from offload import __version__
-from offload.cli import OPTIONS, parse_config
+from offload.cli import ENVIRONMENT_ONLY, OPTIONS, parse_config
 from offload.config import config_fields
 from tests.servers import FIXTURES, ROOT
 
@@ -35,7 +36,8 @@ def _environ_without_offload_variables() -> dict[str, str]:
 def test_every_config_field_has_exactly_one_flag() -> None:
     given_after_double_dash = {"command"}  # offload [options] -- COMMAND ...
     flagged = sorted(option.field for option in OPTIONS)
-    assert flagged == sorted(set(config_fields()) - given_after_double_dash)
+    not_flagged = given_after_double_dash | set(ENVIRONMENT_ONLY)
+    assert flagged == sorted(set(config_fields()) - not_flagged)
 
 
 def test_environment_variable_names_follow_the_flag() -> None:
@@ -231,3 +233,45 @@ def test_admin_host_that_cannot_be_listened_on_names_its_flag() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.startswith("offload: error: --admin-host '10.255.255.254': cannot listen")
+
+
+ADMIN_TOKEN = "s3cret-admin-token-0123456789"
+
+
+def test_admin_token_from_its_variable_or_a_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(ADMIN_TOKEN + "\n")
+    static = ["--static", str(FIXTURES)]
+    assert parse_config(static, {"OFFLOAD_ADMIN_TOKEN": ADMIN_TOKEN}).admin_token == ADMIN_TOKEN
+    from_flag = parse_config([*static, "--admin-token-file", str(token_file)], {})
+    assert from_flag.admin_token == ADMIN_TOKEN
+    from_variable = parse_config(static, {"OFFLOAD_ADMIN_TOKEN_FILE": str(token_file)})
+    assert from_variable.admin_token == ADMIN_TOKEN
+    assert parse_config(static, {"OFFLOAD_ADMIN_TOKEN": ""}).admin_token is None
+    assert "--admin-token" not in {option.flag for option in OPTIONS}  # ps would show it
+
+
+@pytest.mark.parametrize(
+    ("written", "env", "named"),
+    [
+        ("", {}, "--admin-token-file '{path}': is empty"),
+        (None, {}, "--admin-token-file '{path}': no such file or directory"),
+        ("short", {}, "--admin-token-file '{path}': the admin token must be at least 16"),
+        (None, {"OFFLOAD_ADMIN_TOKEN": "short-s3cret"}, "OFFLOAD_ADMIN_TOKEN: the admin token"),
+        (ADMIN_TOKEN, {"OFFLOAD_ADMIN_TOKEN": "other-s3cret-0123456789"}, "give it one way"),
+    ],
+)
+def test_bad_admin_token_exits_2_with_one_line_that_never_shows_it(
+    tmp_path: Path, written: str | None, env: dict[str, str], named: str
+) -> None:
+    token_file = tmp_path / "admin-token"
+    if written is not None:
+        token_file.write_text(written)
+    flags = ["--admin-token-file", str(token_file)] if written is not None or not env else []
+    result = run_cli("--static", str(FIXTURES), *flags, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert named.format(path=token_file) in lines[0]
+    for secret in (written, *env.values()):
+        assert not secret or secret not in lines[0]

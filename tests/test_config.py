@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,54 @@ def test_bad_settings_raise_config_error_naming_the_setting(
     with pytest.raises(ConfigError) as raised:
         Config(**options)  # type: ignore[arg-type]
     assert raised.value.setting == setting
+
+
+TOKEN = "s3cret-admin-token-0123456789"
+
+
+def test_admin_token_is_read_from_its_file_without_the_line_end(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(f"  {TOKEN}\n")
+    config = Config(static=FIXTURES, admin_token_file=token_file)
+    assert config.admin_token == TOKEN
+    assert dataclasses.replace(config, port=8081).admin_token == TOKEN  # a copy reads it again
+
+
+def test_admin_token_is_in_no_repr() -> None:
+    config = Config(static=FIXTURES, admin_token=TOKEN)
+    assert config.admin_token == TOKEN
+    assert TOKEN not in repr(config)
+    assert "admin_token_file=None" in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("written", "token", "reason"),
+    [
+        ("", None, "is empty"),
+        ("\n \n", None, "is empty"),
+        ("short\n", None, "at least 16"),
+        (TOKEN + " " + TOKEN, None, "at least 16"),  # not one token
+        ("x" * 5000, None, "larger than 4 KiB"),
+        (TOKEN, TOKEN + "-other", "give it one way"),
+        (None, None, "no such file"),
+    ],
+)
+def test_bad_admin_token_file_raises_config_error_without_the_token(
+    tmp_path: Path, written: str | None, token: str | None, reason: str
+) -> None:
+    token_file = tmp_path / "token"
+    if written is not None:
+        token_file.write_text(written)
+    with pytest.raises(ConfigError) as raised:
+        Config(static=FIXTURES, admin_token=token, admin_token_file=token_file)
+    assert (raised.value.setting, raised.value.value) == ("admin_token_file", str(token_file))
+    assert reason in raised.value.reason
+    assert TOKEN not in str(raised.value)
+
+
+@pytest.mark.parametrize("token", ["short", TOKEN + "\n", "tøken-0123456789abcdef", "a b" * 8])
+def test_bad_admin_token_raises_config_error_without_the_token(token: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Config(static=FIXTURES, admin_token=token)
+    assert (raised.value.setting, raised.value.value) == ("admin_token", None)
+    assert token not in str(raised.value)
