@@ -17,7 +17,14 @@ from offload.admin import is_readable, watch_upstream
 from offload.config import Config
 from offload.facts import STATE_KEY, RequestFacts, request_facts
 from offload.hooks import Hook, apply_hooks, load_hook
-from offload.observe import AccessLog, EdgeState, Metrics, ObserveMiddleware, ProtectionCollector
+from offload.observe import (
+    ROUTED_KEY,
+    AccessLog,
+    EdgeState,
+    Metrics,
+    ObserveMiddleware,
+    ProtectionCollector,
+)
 from offload.proxy.headers import Header
 from offload.proxy.http import HttpProxy, ProxySettings
 from offload.proxy.websocket import WebSocketBridge
@@ -39,7 +46,9 @@ class Edge:
     """The ASGI app offload serves on its public port. Its lifespan scans the static root and
     starts the watcher, and opens the connection pool to the app; shutdown closes both.
 
-    Order for an HTTP or WebSocket request: the path is decoded and checked once (400 for NUL,
+    Order for an HTTP or WebSocket request: the access log and metrics (`ObserveMiddleware`),
+    outermost, so that what a hook answers, raises or never finishes is counted, logged and in
+    flight like any other request; the path is decoded and checked once (400 for NUL,
     backslash or dot segments) and `RequestFacts` go on ``scope["state"]["offload"]``; then the
     hooks, first outermost; then routing. The lifespan does not pass through the hooks.
     """
@@ -64,10 +73,10 @@ class Edge:
             self.proxy = HttpProxy(upstream, _proxy_settings(config), accel_redirect=accel)
             self.websocket = WebSocketBridge(self.proxy)
             self.metrics.registry.register(ProtectionCollector(self.proxy))
+        self._hooked = apply_hooks(self._route, hooks, names=names)
         self._observed = ObserveMiddleware(
-            self._route, metrics=self.metrics, log=self.access_log, state=self.state
+            self._enter, metrics=self.metrics, log=self.access_log, state=self.state
         )
-        self._hooked = apply_hooks(self._observed, hooks, names=names)
         # With no hook to see the request, a static hit already in memory skips the layers
         self._at_once = self.static if not hooks else None
 
@@ -97,9 +106,9 @@ class Edge:
         kind = scope["type"]
         if kind == "http":
             if self._at_once is None or not await self._answer_at_once(scope, send):
-                await self._enter(scope, receive, send)
+                await self._observed(scope, receive, send)
         elif kind == "websocket":
-            await self._enter(scope, receive, send)
+            await self._observed(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -143,6 +152,8 @@ class Edge:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         facts = request_facts(scope)
+        if facts is not None:
+            scope["state"][ROUTED_KEY] = True  # not answered by a hook: see observe's route label
         if facts is not None and scope["path"] != facts.path:
             rewritten = _rewritten(scope, facts)  # a hook rewrote the path
             if rewritten is None:

@@ -1,5 +1,5 @@
-"""The access log and the metrics, as one middleware between the hooks and routing
-(DESIGN.md: hooks -> observe -> route), and the edge's shared counters: in flight, draining.
+"""The access log and the metrics, as the outermost middleware, around the hooks and routing
+(observe -> hooks -> route), and the edge's shared counters: in flight, draining.
 
 Log lines are batched and written at most every 0.2 s, so a request costs no write system call.
 """
@@ -30,7 +30,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload.facts import RequestFacts, request_facts
-from offload.responses import Whole
+from offload.responses import Whole, send_plain_text
 
 if TYPE_CHECKING:
     from offload.proxy.http import HttpProxy
@@ -40,7 +40,13 @@ FLUSH_EVERY_SECONDS = 0.2
 ATOMIC_WRITE_BYTES = select.PIPE_BUF  # 4096 on Linux: a pipe write this small is never split
 DURATION_BUCKETS = Histogram.DEFAULT_BUCKETS[:-1]  # prometheus-client's, less the +Inf
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the response
+INTERNAL_ERROR = "internal_error"  # the access log's error for an exception from a hook or routing
+# On scope["state"] once the edge's routing has the request: a request that never got there,
+# and for which no route was decided, was answered by a hook (its route label is "hook")
+ROUTED_KEY = "offload.routed"
 FactsMaker = Callable[[], RequestFacts]
+
+logger = logging.getLogger("offload.observe")
 
 
 @dataclass
@@ -285,8 +291,10 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 class ObserveMiddleware:
-    """Counts, times and logs every HTTP and WebSocket request; while draining, asks clients
-    to close their connection after each response (``Connection: close``)."""
+    """Counts, times and logs every HTTP and WebSocket request, those a hook answers itself
+    included; while draining, asks clients to close their connection after each response
+    (``Connection: close``). An exception from a hook or routing is logged here, once, with
+    its traceback, and answered 500 when no response has started (`_answer_internal_error`)."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, log: AccessLog, state: EdgeState):
         self.app = app
@@ -315,16 +323,25 @@ class ObserveMiddleware:
                 status = 101
             elif kind == "websocket.http.response.start":  # a handshake answered with a status
                 status = message["status"]
+            elif kind == "websocket.close" and status == 0:
+                status = 403  # ASGI: a close before the accept is the server's 403
             await send(message)
 
+        error = None
         self._begin()
         try:
             await self.app(scope, receive, observed_send)
+        except Exception:  # whatever a hook or routing raises is this request's 500
+            error = INTERNAL_ERROR
+            await _answer_failure(scope, observed_send, started=status != 0)
         finally:
             self._end()
             facts = request_facts(scope)
-            route = (facts.route if facts else None) or "none"
-            self._record(scope, facts, route, status, sent_bytes, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            if error is not None:
+                status = status or 500  # even if the 500 could not be sent
+            route = _route_label(scope, facts)
+            self._record(scope, facts, route, status, sent_bytes, seconds, error=error)
 
     async def send_whole(
         self, scope: Scope, send: Send, whole: Whole, *, route: str, facts: FactsMaker
@@ -367,15 +384,61 @@ class ObserveMiddleware:
         status: int,
         sent_bytes: int,
         seconds: float,
+        *,
+        error: str | None = None,
     ) -> None:
-        error = facts.error if facts else None
-        if error == "client_closed" or status == 0:
-            status = CLIENT_CLOSED if status == 0 else status
+        error = error or (facts.error if facts else None)
+        if status == 0:
+            status = CLIENT_CLOSED
         self.metrics.record(route, scope.get("method", "GET"), status, seconds, sent_bytes)
         if error in _UPSTREAM_ERROR_KINDS:
             self.metrics.upstream_errors.labels(_UPSTREAM_ERROR_KINDS[error]).inc()
         if self.log.log_format != "off":
-            self.log.write(_log_record(scope, facts, status, sent_bytes, seconds, route))
+            self.log.write(_log_record(scope, facts, status, sent_bytes, seconds, route, error))
+
+
+def _route_label(scope: Scope, facts: RequestFacts | None) -> str:
+    """The route of the metrics and the access log: the one routing decided; ``hook`` for a
+    request a hook answered (or failed) before routing; ``none`` when routing had it and
+    decided none (a 404 without ``--upstream``), or for a path refused before the hooks."""
+    if facts is None:
+        return "none"
+    if facts.route is not None:
+        return facts.route
+    return "none" if scope["state"].get(ROUTED_KEY) else "hook"
+
+
+async def _answer_failure(scope: Scope, send: Send, *, started: bool) -> None:
+    """Called with an exception from a hook or routing in hand: log it with its traceback and,
+    before the response started, answer 500. After, returning short of the response's end is
+    enough: uvicorn closes the connection, with a one-line error and no second traceback."""
+    facts = request_facts(scope)
+    request = (
+        f"{scope.get('method', 'WebSocket')} {escape_text(scope.get('path', ''))}"
+        f" (request id {escape_text(facts.request_id) if facts else None})"
+    )
+    if started:
+        logger.exception("%s failed after its response started", request)
+        return
+    logger.exception("%s failed: answered 500", request)
+    await _answer_internal_error(scope, send)
+
+
+async def _answer_internal_error(scope: Scope, send: Send) -> None:
+    """500, plain text; for a WebSocket handshake, as an HTTP response if the server can send
+    one (the ASGI ``websocket.http.response`` extension), else a close (uvicorn's 403)."""
+    if scope["type"] == "http":
+        await send_plain_text(send, 500)
+    elif "websocket.http.response" in scope.get("extensions", {}):
+        body = b"Internal Server Error\n"
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "websocket.http.response.start", "status": 500, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1011})  # RFC 6455 §7.4.1: internal error
 
 
 def _log_record(
@@ -385,6 +448,7 @@ def _log_record(
     sent_bytes: int,
     seconds: float,
     route: str,
+    error: str | None,
 ) -> dict[str, object]:
     """The access-log fields. No Authorization, no Cookie: only what is named here is logged."""
     headers = dict(scope.get("headers", []))
@@ -405,7 +469,7 @@ def _log_record(
     if route == "proxy":
         record["upstream_status"] = getattr(facts, "upstream_status", None)
         record["upstream_ms"] = getattr(facts, "upstream_ms", None)
-    if error := getattr(facts, "error", None):
+    if error:
         record["error"] = error
     return record
 

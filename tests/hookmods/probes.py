@@ -79,3 +79,20 @@ def deny_websockets(app: ASGIApp) -> ASGIApp:
 def unchanged(app: ASGIApp) -> ASGIApp:
     """A hook that adds nothing: the edge still takes its hooked path, without the fast one."""
     return app
+
+
+def faulty(app: ASGIApp) -> ASGIApp:
+    """Raises on /raise before any response, and on /raise-late once its response started."""
+
+    async def maybe_raise(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        if path == "/raise":
+            raise RuntimeError("the hook failed before answering")
+        if path == "/raise-late":
+            headers = [(b"content-type", b"text/plain"), (b"content-length", b"10")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"part", "more_body": True})
+            raise RuntimeError("the hook failed while answering")
+        await app(scope, receive, send)
+
+    return maybe_raise
