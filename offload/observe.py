@@ -306,9 +306,10 @@ class ObserveMiddleware:
         started = time.perf_counter()
         status = 0
         sent_bytes = 0
+        client_left = False
 
         async def observed_send(message: Message) -> None:
-            nonlocal status, sent_bytes
+            nonlocal status, sent_bytes, client_left
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
@@ -325,13 +326,20 @@ class ObserveMiddleware:
                 status = message["status"]
             elif kind == "websocket.close" and status == 0:
                 status = 403  # ASGI: a close before the accept is the server's 403
-            await send(message)
+            try:
+                await send(message)
+            except OSError:  # ASGI: how the server says the client has gone (uvicorn's WebSockets)
+                client_left = True
+                raise
 
         error = None
         self._begin()
         try:
             await self.app(scope, receive, observed_send)
         except Exception:  # whatever a hook or routing raises is this request's 500
+            if client_left:
+                error = "client_closed"
+                raise  # not a failure of offload's: the server's to handle, quietly
             error = INTERNAL_ERROR
             await _answer_failure(scope, observed_send, started=status != 0)
         finally:

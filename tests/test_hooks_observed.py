@@ -245,6 +245,32 @@ def test_hook_refusing_a_websocket_handshake_is_counted_as_403(
     assert edge.sent == [{"type": "websocket.close", "code": 4403}]
 
 
+def test_client_leaving_a_websocket_is_no_internal_error(
+    books: Callable[..., Books], caplog: pytest.LogCaptureFixture
+) -> None:
+    def talk(app: ASGIApp) -> ASGIApp:
+        async def accept_and_send(scope: Scope, receive: Receive, send: Send) -> None:
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": "hello"})
+
+        return accept_and_send
+
+    edge = books(talk)
+
+    async def gone(message: Message) -> None:
+        if message["type"] == "websocket.send":
+            raise ConnectionResetError("the client has gone")  # as uvicorn's ClientDisconnected
+
+    async def scenario() -> None:
+        with pytest.raises(ConnectionResetError):  # for the server, which expects it
+            await edge.edge(websocket_scope("/ws"), no_body, gone)
+        assert await edge.requests_total("hook", 101) == 1
+
+    asyncio.run(scenario())
+    assert edge.logged()[0]["error"] == "client_closed"
+    assert not [record for record in caplog.records if record.exc_info]
+
+
 def test_hook_failures_over_a_socket_log_one_traceback_each(
     start_offload: Callable[..., Offload],
 ) -> None:
