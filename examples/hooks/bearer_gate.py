@@ -5,7 +5,9 @@ WebSockets alike, before offload serves a file or the app sees the request:
 
 The prefix is ``/admin/`` unless OFFLOAD_GATE_PREFIX says otherwise. The hook reads
 ``scope["path"]``, which offload has already decoded and checked once, so ``//admin/``,
-``/%61dmin/`` or ``/x/../admin/`` cannot slip past it. Without a token set, start-up fails.
+``/%61dmin/`` or ``/x/../admin/`` cannot slip past it; it compares without regard to case,
+since Express routes ``/ADMIN/`` to ``/admin/`` by default. Without a token set, start-up
+fails.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ def hook(app: ASGIApp) -> ASGIApp:
     token = os.environ.get("OFFLOAD_GATE_TOKEN", "").encode()
     if not token:
         raise RuntimeError("set OFFLOAD_GATE_TOKEN to the token the gate accepts")
-    prefix = os.environ.get("OFFLOAD_GATE_PREFIX", "/admin/")
+    prefix = os.environ.get("OFFLOAD_GATE_PREFIX", "/admin/").lower()
     expected = b"Bearer " + token
 
     async def gate(scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
+        path: str = scope.get("path", "").lower()
         guarded = scope["type"] in ("http", "websocket") and (
             path.startswith(prefix) or path == prefix.rstrip("/")
         )
