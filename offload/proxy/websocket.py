@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Sequence
 
 import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from offload.facts import new_request_id, request_facts
 from offload.proxy.breaker import Admission
 from offload.proxy.headers import Header, create_upstream_headers, is_trusted
 from offload.proxy.http import BREAKER_OPEN, HttpProxy, as_text_headers, raw_target
@@ -86,7 +86,7 @@ class WebSocketBridge:
             [header for header in scope["headers"] if header[0] not in _HANDSHAKE_HEADERS],
             client_host=peer,
             scheme="https" if scope.get("scheme") == "wss" else "http",
-            request_id=uuid.uuid4().hex,
+            request_id=_request_id(scope),
             trusted=is_trusted(peer, self.proxy.settings.trusted_proxies),
         )
         url = "ws" + self.proxy.upstream.base_url.removeprefix("http") + raw_target(scope)
@@ -99,6 +99,13 @@ class WebSocketBridge:
                 autoping=True,
                 max_msg_size=MAX_MESSAGE_BYTES,
             )
+
+
+def _request_id(scope: Scope) -> str:
+    """The id the access log shows for this request: the client's ``X-Request-ID``, or the one
+    offload made for it (`RequestFacts`); a new one only outside offload's edge."""
+    facts = request_facts(scope)
+    return facts.request_id if facts is not None else new_request_id()
 
 
 async def _bridge(

@@ -82,6 +82,29 @@ def test_query_and_cookies_reach_the_app(offload: Offload) -> None:
     assert seen["query"] == "room=7&id=q"
 
 
+def test_the_app_gets_the_request_id_the_access_log_shows(offload: Offload) -> None:
+    marker = uuid.uuid4().hex
+
+    async def hello() -> dict[str, object]:
+        async with aiohttp.ClientSession() as session:
+            ws = await connect(session, ws_url(offload, f"/ws/echo?id={marker}"))
+            await ws.send_str("hello")
+            seen: dict[str, object] = json.loads((await ws.receive()).data)
+            await ws.close()
+            return seen
+
+    sent_to_app = asyncio.run(hello())["requestId"]
+
+    def logged() -> list[dict[str, object]]:
+        lines = (json.loads(line) for line in offload.output().splitlines() if marker in line)
+        return [line for line in lines if line.get("route") == "websocket"]
+
+    deadline = time.monotonic() + 5  # the access log is written in batches every 0.2 s
+    while not logged() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [line["request_id"] for line in logged()] == [sent_to_app]
+
+
 def test_app_close_code_and_reason_reach_the_client(offload: Offload) -> None:
     async def closed_by_app() -> tuple[int | None, str]:
         async with aiohttp.ClientSession() as session:

@@ -44,6 +44,7 @@ function handleUpgrade(server, req, socket, head) {
 
   const protocol = chooseProtocol(req.headers["sec-websocket-protocol"]);
   const cookie = req.headers.cookie || "";
+  const requestId = req.headers["x-request-id"] || "";
   const lines = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
     `Sec-WebSocket-Accept: ${acceptKey(req.headers["sec-websocket-key"])}`,
     // Never send Sec-WebSocket-Extensions: no extension is negotiated (§9.1).
@@ -53,7 +54,7 @@ function handleUpgrade(server, req, socket, head) {
   ];
   socket.write(lines.join("\r\n") + "\r\n\r\n");
   const id = new URLSearchParams(query).get("id") || "";
-  const conn = new Connection(socket, { id, protocol, cookie, query });
+  const conn = new Connection(socket, { id, protocol, cookie, query, requestId });
   if (head && head.length) conn.onData(head); // bytes that arrived with the handshake
 }
 
@@ -209,8 +210,8 @@ class Connection {
     const cmd = /^close:(\d+):(.*)$/s.exec(text);
     if (cmd) return this.sendClose(Number(cmd[1]), cmd[2]);
     if (text === "hello") {
-      const { protocol, cookie, query } = this.info;
-      const body = { subprotocol: protocol, cookie: cookie || null, query: query || null };
+      const { protocol, cookie, query, requestId } = this.info;
+      const body = { subprotocol: protocol, cookie: cookie || null, query: query || null, requestId };
       return sendFrame(this.socket, OP.TEXT, Buffer.from(JSON.stringify(body)));
     }
     sendFrame(this.socket, OP.TEXT, data);
