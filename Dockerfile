@@ -9,7 +9,7 @@
 FROM python:3.11-slim AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY offload ./offload
 # offload and every dependency as wheels (all of them ship binary wheels for CPython 3.11)
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .

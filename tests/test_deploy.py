@@ -233,3 +233,12 @@ def test_offload_image_shape() -> None:
     assert re.search(r"^EXPOSE 8080 9901$", final, re.MULTILINE)
     assert re.search(r'^ENTRYPOINT \["offload"\]$', final, re.MULTILINE)
     assert re.search(r"^HEALTHCHECK .*\n?.*/livez", final, re.MULTILINE)
+
+
+def test_the_license_the_metadata_names_is_in_the_repository_and_the_image() -> None:
+    # hatchling puts LICENSE into the wheel (dist-info/licenses/) when it is in the build context
+    assert 'license = "MIT"' in (ROOT / "pyproject.toml").read_text()
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
+    copied = re.search(r"^COPY (.*) \./$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert copied is not None
+    assert "LICENSE" in copied.group(1).split()
