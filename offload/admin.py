@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
 
@@ -18,6 +19,7 @@ from prometheus_client import (
 )
 from starlette.types import Receive, Scope, Send
 
+from offload.admin_access import ControlAccess
 from offload.config import Config, Upstream
 from offload.responses import send_plain_text
 from offload.vitals import AppVitals
@@ -29,6 +31,21 @@ if TYPE_CHECKING:
 UPSTREAM_CHECK_SECONDS = 1.0
 
 
+# The admin listener's own connection budget, instead of the public --max-connections: past it
+# a request gets 503, except on `UNCAPPED_PATHS`, so that no crowd of connections can fail the
+# kubelet's probes (a failed /livez restarts the container) or the preStop hook's drain.
+ADMIN_MAX_CONNECTIONS = 64
+UNCAPPED_PATHS = frozenset({b"/livez", b"/readyz", b"/drain"})
+# GET /drain?wait: at most this many wait at once, each at most this long (the preStop hook's
+# wait, from this machine or with the token, is never turned away: see AdminApp._wait_idle)
+MAX_WAITERS = 8
+MAX_WAIT_SECONDS = 60.0
+WAITERS_RETRY_AFTER_SECONDS = 5
+# Requests that change offload's state: only these pass the `ControlAccess` check.
+CONTROL_REQUESTS = frozenset({("POST", "/drain"), ("DELETE", "/drain")})
+Handler = Callable[[Scope, Send], Awaitable[None]]
+
+
 class Subject(Protocol):
     """What the admin API reports on and drains: one edge, or the workers of ``--workers``."""
 
@@ -37,6 +54,10 @@ class Subject(Protocol):
     async def metrics(self) -> bytes: ...
 
     async def drain(self) -> None: ...
+
+    async def cancel_drain(self) -> bool:
+        """Undo `drain`: ``False`` (nothing done) once offload is stopping, on a signal."""
+        ...
 
     async def wait_idle(self, seconds: float) -> tuple[bool, int]:
         """Wait up to ``seconds`` for no request in flight: (draining, requests in flight)."""
@@ -52,12 +73,26 @@ class AdminApp:
       ``-- COMMAND``, its process running too, and with ``--app-ready-path``, its health
       endpoint answering 2xx; 503 with the reason otherwise, and 503 once draining.
     - ``GET /metrics``: Prometheus text format.
-    - ``POST /drain``: start draining (for a ``preStop`` hook); ``GET /drain?wait=SECONDS``
-      answers once no request is in flight (200), or when the wait is over (503).
+    - ``POST /drain``: start draining (for a ``preStop`` hook); ``DELETE /drain`` undoes it,
+      unless offload is stopping on a signal (409); both only from this machine or with the
+      admin token (`ControlAccess`). ``GET /drain?wait=SECONDS`` answers once no request is in
+      flight (200), or when the wait (at most `MAX_WAIT_SECONDS`) is over (503).
     """
 
-    def __init__(self, subject: Subject) -> None:
+    def __init__(self, subject: Subject, *, token: str | None = None) -> None:
         self.subject = subject
+        self.access = ControlAccess(token)
+        self.waiters = 0  # GET /drain?wait requests waiting that count towards MAX_WAITERS
+        self.routes: dict[str, dict[str, Handler]] = {
+            "/livez": {"GET": self._livez, "HEAD": self._livez},
+            "/readyz": {"GET": self._readyz, "HEAD": self._readyz},
+            "/metrics": {"GET": self._metrics, "HEAD": self._metrics},
+            "/drain": {
+                "GET": self._wait_idle,
+                "POST": self._start_drain,
+                "DELETE": self._cancel_drain,
+            },
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -66,34 +101,63 @@ class AdminApp:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
-        if path == "/drain":
-            await self._drain(scope, send)
-        elif path not in ("/livez", "/readyz", "/metrics"):
+        methods = self.routes.get(path)
+        if methods is None:
             await send_plain_text(send, 404)
-        elif method not in ("GET", "HEAD"):
-            await send_plain_text(send, 405, headers=[(b"allow", b"GET, HEAD")])
-        elif path == "/livez":
-            await send_plain_text(send, 200, "offload is running")
-        elif path == "/readyz":
-            reason = await self.subject.not_ready_because()
-            await send_plain_text(send, 503 if reason else 200, reason or "ready")
-        else:
-            await _send(send, 200, CONTENT_TYPE_LATEST, await self.subject.metrics())
-
-    async def _drain(self, scope: Scope, send: Send) -> None:
-        if scope["method"] == "POST":
-            await self.subject.drain()
-            draining, in_flight = await self.subject.wait_idle(0)
-            done = True
-        elif scope["method"] == "GET":
-            seconds = _seconds(scope.get("query_string", b""))
-            draining, in_flight = await self.subject.wait_idle(seconds)
-            done = in_flight == 0
-        else:
-            await send_plain_text(send, 405, headers=[(b"allow", b"GET, POST")])
             return
-        body = json.dumps({"draining": draining, "in_flight": in_flight}).encode()
-        await _send(send, 200 if done else 503, "application/json", body)
+        handler = methods.get(method)
+        if handler is None:
+            allow = ", ".join(methods).encode()
+            await send_plain_text(send, 405, headers=[(b"allow", allow)])
+            return
+        if (method, path) in CONTROL_REQUESTS:
+            refusal = self.access.refusal(scope)
+            if refusal is not None:
+                await send_plain_text(send, refusal.status, refusal.reason, headers=refusal.headers)
+                return
+        await handler(scope, send)
+
+    async def _livez(self, scope: Scope, send: Send) -> None:
+        await send_plain_text(send, 200, "offload is running")
+
+    async def _readyz(self, scope: Scope, send: Send) -> None:
+        reason = await self.subject.not_ready_because()
+        await send_plain_text(send, 503 if reason else 200, reason or "ready")
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        await _send(send, 200, CONTENT_TYPE_LATEST, await self.subject.metrics())
+
+    async def _start_drain(self, scope: Scope, send: Send) -> None:
+        await self.subject.drain()
+        await self._send_drain_state(send)
+
+    async def _cancel_drain(self, scope: Scope, send: Send) -> None:
+        if not await self.subject.cancel_drain():
+            reason = "offload is stopping (a signal): its drain cannot be undone"
+            await send_plain_text(send, 409, reason)
+            return
+        await self._send_drain_state(send)
+
+    async def _wait_idle(self, scope: Scope, send: Send) -> None:
+        seconds = _seconds(scope.get("query_string", b""))
+        # a waiter that could drain (the preStop hook: this machine, or the token) is not
+        # counted: no crowd of others can cut its wait short
+        counted = seconds > 0 and self.access.refusal(scope) is not None
+        if counted and self.waiters >= MAX_WAITERS:
+            retry = [(b"retry-after", str(WAITERS_RETRY_AFTER_SECONDS).encode())]
+            reason = f"{MAX_WAITERS} requests are waiting on /drain already"
+            await send_plain_text(send, 429, reason, headers=retry)
+            return
+        self.waiters += int(counted)
+        try:
+            draining, in_flight = await self.subject.wait_idle(seconds)
+        finally:
+            self.waiters -= int(counted)
+        await _send_json(send, 200 if in_flight == 0 else 503, draining, in_flight)
+
+    async def _send_drain_state(self, send: Send) -> None:
+        draining, in_flight = await self.subject.wait_idle(0)
+        await _send_json(send, 200, draining, in_flight)
 
 
 class EdgeSubject:
@@ -103,6 +167,9 @@ class EdgeSubject:
     def __init__(self, edge: Edge, health: AppHealthCheck | None = None) -> None:
         self.edge = edge
         self.health = health
+        # set by the server when a signal starts the shutdown (Edge.begin_shutdown drains, as
+        # POST /drain does): that drain is not for DELETE /drain to undo
+        self.stopping = False
         ProcessCollector(registry=edge.metrics.registry)
 
     async def not_ready_because(self) -> str | None:
@@ -120,6 +187,12 @@ class EdgeSubject:
 
     async def drain(self) -> None:
         self.edge.state.draining = True
+
+    async def cancel_drain(self) -> bool:
+        if self.stopping:
+            return False
+        self.edge.state.draining = False
+        return True
 
     async def wait_idle(self, seconds: float) -> tuple[bool, int]:
         state = self.edge.state
@@ -163,8 +236,16 @@ class SupervisedSubject:
     async def drain(self) -> None:
         await self.subject.drain()
 
+    async def cancel_drain(self) -> bool:
+        return await self.subject.cancel_drain()
+
     async def wait_idle(self, seconds: float) -> tuple[bool, int]:
         return await self.subject.wait_idle(seconds)
+
+
+async def _send_json(send: Send, status: int, draining: bool, in_flight: int) -> None:
+    body = json.dumps({"draining": draining, "in_flight": in_flight}).encode()
+    await _send(send, status, "application/json", body)
 
 
 async def _send(send: Send, status: int, content_type: str, body: bytes) -> None:
@@ -179,7 +260,7 @@ async def _send(send: Send, status: int, content_type: str, body: bytes) -> None
 def _seconds(query: bytes) -> float:
     values = parse_qs(query.decode("latin-1")).get("wait", ["0"])
     try:
-        return max(0.0, min(float(values[0]), 3600.0))
+        return max(0.0, min(float(values[0]), MAX_WAIT_SECONDS))
     except ValueError:
         return 0.0
 

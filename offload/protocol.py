@@ -52,11 +52,13 @@ _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-
 
 @dataclass(frozen=True)
 class Limits:
-    """See the module's docstring; 0 ``max_connections`` means no limit."""
+    """See the module's docstring; 0 ``max_connections`` means no limit. Requests for
+    ``uncapped_paths`` are answered past it (the admin listener's probes)."""
 
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 60.0
     max_connections: int = 0
+    uncapped_paths: frozenset[bytes] = frozenset()
 
 
 class _Refused(Exception):
@@ -225,7 +227,11 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         elif hosts or version == "1.1":
             self._refuse(400, "an HTTP/1.1 request needs exactly one Host header")  # RFC 9112 §3.2
         limit = self.limits.max_connections
-        if limit and len(self.connections) > limit:
+        if (
+            limit
+            and len(self.connections) > limit
+            and self.url.partition(b"?")[0] not in self.limits.uncapped_paths
+        ):
             self._refuse(503, "too many connections: try again shortly")
         upgrade = self.parser.should_upgrade()
         if upgrade and not self._should_upgrade():

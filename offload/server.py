@@ -12,12 +12,20 @@ import signal
 import socket
 import sys
 from collections.abc import Coroutine, Iterator
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import uvicorn
 import uvloop
 
-from offload.admin import AdminApp, AppHealthCheck, EdgeSubject, Subject, SupervisedSubject
+from offload.admin import (
+    ADMIN_MAX_CONNECTIONS,
+    UNCAPPED_PATHS,
+    AdminApp,
+    AppHealthCheck,
+    EdgeSubject,
+    Subject,
+    SupervisedSubject,
+)
 from offload.app import Edge, create_app
 from offload.config import Config, ConfigError
 from offload.observe import JsonFormatter
@@ -125,22 +133,24 @@ def _accept_waiting(listening: socket.socket) -> list[socket.socket]:
 
 
 def _create_listener(
-    config: Config, app: object, listening: socket.socket, *, lifespan: Literal["on", "off"]
+    config: Config, app: object, listening: socket.socket, *, admin: bool = False
 ) -> _Listener:
+    """The public listener, or with ``admin`` the admin one: its own connection budget, and no
+    lifespan (the edge's start-up and shutdown belong to the public listener)."""
+    limits = Limits(
+        header_timeout_seconds=config.client_header_timeout_seconds,
+        body_timeout_seconds=config.client_body_timeout_seconds,
+        max_connections=ADMIN_MAX_CONNECTIONS if admin else config.max_connections,
+        uncapped_paths=UNCAPPED_PATHS if admin else frozenset(),
+    )
     return _Listener(
         uvicorn.Config(
             app,  # type: ignore[arg-type]  # uvicorn types apps as its own ASGI protocol union
-            http=with_limits(
-                Limits(
-                    header_timeout_seconds=config.client_header_timeout_seconds,
-                    body_timeout_seconds=config.client_body_timeout_seconds,
-                    max_connections=config.max_connections,
-                )
-            ),
+            http=with_limits(limits),
             # websockets' Sans-I/O protocol: about 1.5x the echo rate of uvicorn's default
             # (the legacy websockets protocol) through offload, measured with bench.wsecho
             ws="websockets-sansio",
-            lifespan=lifespan,
+            lifespan="off" if admin else "on",
             access_log=False,
             server_header=False,  # the app's Server header passes through untouched
             date_header=False,  # offload writes Date itself: see responses.HttpDateClock
@@ -192,12 +202,11 @@ class Front(Protocol):
 
 
 class _EdgeFront:
-    def __init__(
-        self, edge: Edge, listener: _Listener, health: AppHealthCheck | None = None
-    ) -> None:
+    def __init__(self, edge: Edge, listener: _Listener, subject: EdgeSubject) -> None:
         self.edge = edge
         self.listener = listener
-        self.health = health
+        self.subject = subject
+        self.health = subject.health
 
     async def run(self) -> None:
         """Serve, and ask the app's ``--app-ready-path`` meanwhile."""
@@ -209,6 +218,7 @@ class _EdgeFront:
                 asking.cancel()
 
     def begin_shutdown(self) -> None:
+        self.subject.stopping = True  # this drain is not for DELETE /drain to undo
         self.edge.begin_shutdown()
         self.listener.should_exit = True
 
@@ -304,16 +314,17 @@ def serve(config: Config) -> int:
     upstream = config.upstream_address  # never None with a command: Config checks it
     if child is not None and upstream is not None:
         subject = SupervisedSubject(subject, child, upstream)
-    admin = _create_listener(config, AdminApp(subject), admin_socket, lifespan="off")
+    admin_app = AdminApp(subject, token=config.admin_token)
+    admin = _create_listener(config, admin_app, admin_socket, admin=True)
     return _run(_serve(front, admin, child))
 
 
 def _edge_front(config: Config, edge: Edge, public: socket.socket) -> tuple[_EdgeFront, Subject]:
     """The edge serving ``public``, and the admin API's view of it: with --app-ready-path,
     the front asks the app's health endpoint and the view reads the answer."""
-    health = AppHealthCheck.for_config(config)
-    listener = _create_listener(config, edge, public, lifespan="on")
-    return _EdgeFront(edge, listener, health), EdgeSubject(edge, health)
+    subject = EdgeSubject(edge, AppHealthCheck.for_config(config))
+    listener = _create_listener(config, edge, public)
+    return _EdgeFront(edge, listener, subject), subject
 
 
 def _supervisor(config: Config) -> Supervisor | None:
@@ -334,7 +345,8 @@ def serve_worker(config: Config, public: socket.socket, admin_socket: socket.soc
     _configure_logging(config)
     edge = create_app(config)
     front, subject = _edge_front(config, edge, public)
-    admin = _create_listener(config, AdminApp(subject), admin_socket, lifespan="off")
+    admin_app = AdminApp(subject, token=config.admin_token)
+    admin = _create_listener(config, admin_app, admin_socket, admin=True)
     return _run(_serve(front, admin))
 
 

@@ -3,8 +3,9 @@
 The primary process binds both ports, starts the workers and serves the admin API. Each worker
 serves the public socket it inherits (the kernel hands each connection to one of them) and its
 own admin API on a Unix socket in a private directory. The primary's admin API asks every
-worker: ready when all are, ``POST /drain`` drains all, ``GET /drain?wait`` waits for all,
-``/metrics`` is their sum. A worker that dies is replaced; SIGTERM drains them all.
+worker: ready when all are, ``POST /drain`` drains all and ``DELETE /drain`` undoes it in all,
+``GET /drain?wait`` waits for all, ``/metrics`` is their sum. A worker that dies is replaced;
+SIGTERM drains them all.
 """
 
 from __future__ import annotations
@@ -151,6 +152,15 @@ class Workers:
         self.draining = True
         await self._ask_all("POST", "/drain")
 
+    async def cancel_drain(self) -> bool:
+        if self.stopping:
+            return False
+        answers = await self._ask_all("DELETE", "/drain")
+        if any(answer is not None and answer[0] == 409 for answer in answers):
+            return False  # a worker is stopping already: what the others do no longer matters
+        self.draining = False
+        return True
+
     async def wait_idle(self, seconds: float) -> tuple[bool, int]:
         answers = await self._ask_all("GET", f"/drain?wait={seconds}", seconds=seconds + 2)
         in_flight = sum(json.loads(answer[1])["in_flight"] for answer in answers if answer)
@@ -173,8 +183,9 @@ class Workers:
             connector = aiohttp.UnixConnector(path=str(where))
             async with aiohttp.ClientSession(connector=connector) as session:
                 deadline = aiohttp.ClientTimeout(total=seconds)
+                # localhost: a worker takes control requests only for this machine's names
                 async with session.request(
-                    method, f"http://worker{path}", timeout=deadline
+                    method, f"http://localhost{path}", timeout=deadline
                 ) as response:
                     return response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError):

@@ -72,6 +72,15 @@ def test_drain_covers_every_worker(two_workers: Offload) -> None:
     assert (waited.status_code, waited.json()) == (200, {"draining": True, "in_flight": 0})
 
 
+def test_delete_drain_undoes_the_drain_in_every_worker(two_workers: Offload) -> None:
+    assert httpx.post(f"{two_workers.admin_url}/drain").status_code == 200
+    undone = httpx.delete(f"{two_workers.admin_url}/drain")
+    assert (undone.status_code, undone.json()) == (200, {"draining": False, "in_flight": 0})
+    assert httpx.get(f"{two_workers.admin_url}/readyz").status_code == 200
+    for _ in range(6):  # a connection each: whichever worker answers, it lets the client stay
+        assert "connection" not in httpx.get(two_workers.url + "/style.css").headers
+
+
 def test_a_worker_that_dies_is_replaced(two_workers: Offload) -> None:
     primary = two_workers.process.pid
     first, second = workers_of(primary)
