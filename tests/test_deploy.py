@@ -8,11 +8,15 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml  # PyYAML, installed with kubernetes-validate
+
+from tests.servers import FIXTURES, Offload
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -179,6 +183,38 @@ def test_the_app_drains_offload_before_it_stops(pod: dict[str, Any]) -> None:
     assert pod["terminationGracePeriodSeconds"] > settle + wait + drain_timeout
     env = {item["name"]: item["value"] for item in app["env"]}
     assert env == {"HOST": "127.0.0.1", "PORT": "3000"}
+
+
+def test_the_prestop_hook_drains_a_real_offload(
+    pod: dict[str, Any], start_offload: Callable[..., Offload]
+) -> None:
+    """Node's fetch, as the hook runs it, passes the admin API's control check: it calls over
+    loopback, names 127.0.0.1 as Host and sends no Origin (only Sec-Fetch-Mode: cors)."""
+    server = start_offload("--static", FIXTURES)
+    script = by_name(pod["containers"])["app"]["lifecycle"]["preStop"]["exec"]["command"][2]
+    drain = f"{server.admin_url}/drain"
+    script = script.replace(f"http://127.0.0.1:{ADMIN_PORT}/drain", drain)
+    script = re.sub(r"setTimeout\(resolve, \d+\)", "setTimeout(resolve, 0)", script)
+    result = run("node", "-e", script)
+    assert result.returncode == 0, result.stderr
+    wait = number(r"\?wait=(\d+)", script)
+    assert result.stdout.splitlines() == [f"POST {drain} 200", f"GET {drain}?wait={wait} 200"]
+    readiness = httpx.get(f"{server.admin_url}/readyz")
+    assert (readiness.status_code, readiness.text.strip()) == (503, "Service Unavailable: draining")
+
+
+def test_network_policy_opens_the_admin_port_to_monitoring_only(pod: dict[str, Any]) -> None:
+    policy = resource("NetworkPolicy")["spec"]
+    labels = resource("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    sources = {port["port"]: rule["from"] for rule in policy["ingress"] for port in rule["ports"]}
+    offload = by_name(pod["initContainers"])["offload"]
+    public = port_number(offload, "http")
+    assert set(sources) == {public, port_number(offload, "admin")} == {public, ADMIN_PORT}
+    assert sources[public] == [{"namespaceSelector": {}}]  # any pod in the cluster
+    monitoring = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    assert sources[ADMIN_PORT] == [{"namespaceSelector": monitoring}]
 
 
 def test_every_container_is_limited_and_locked_down(pod: dict[str, Any]) -> None:
