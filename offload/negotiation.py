@@ -46,7 +46,8 @@ def parse_accept_encoding(header: str) -> dict[str, float]:
 
 def select_encoding(header: str | None, available: tuple[str, ...]) -> str:
     """The coding to send: highest q-value, ties to the server's order in ``available``
-    (br before zstd before gzip), identity last.
+    (br before zstd before gzip), identity last; an identity the header does not name ranks
+    below every coding it accepts (`_select`).
 
     No header means identity: any coding would be allowed, but old clients that omit the
     header are the ones least likely to decode it. When nothing is acceptable, identity is
@@ -89,15 +90,16 @@ def _remember(key: tuple[str, tuple[str, ...]], chosen: str) -> None:
 
 
 def _select(header: str, available: tuple[str, ...]) -> str:
+    """RFC 9110 §12.5.3: a coding the header names gets its q, one it does not gets the q of
+    ``*`` or none. Identity is acceptable unless excluded, but the RFC gives an identity the
+    header does not name (by itself or by ``*``) no weight: any coding with a q above 0 ranks
+    above it, so ``gzip;q=0.8`` gets gzip, as from nginx and Caddy (issue 15). It is also what
+    is left when nothing is acceptable."""
     qualities = parse_accept_encoding(header)
-    star = qualities.get("*")
+    star = qualities.get("*", 0.0)
 
     def quality(coding: str) -> float:
-        if coding in qualities:
-            return qualities[coding]
-        if star is not None:
-            return star
-        return 1.0 if coding == IDENTITY else 0.0
+        return qualities.get(coding, star)
 
     best = max((*available, IDENTITY), key=quality)  # max keeps the first of equals
     return best if quality(best) > 0 else IDENTITY

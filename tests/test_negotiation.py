@@ -34,6 +34,22 @@ ALL = ("br", "zstd", "gzip")
         ("*;q=0", ALL, "identity"),  # nothing acceptable: identity regardless
         ("identity", ALL, "identity"),
         ("gzip;q=0.5, identity", ALL, "identity"),
+        # RFC 9110 §12.5.3: identity is acceptable unless excluded, but an identity the header
+        # does not name has no q of its own: any coding the header accepts ranks above it, as
+        # nginx and Caddy read it (issue 15)
+        ("gzip;q=0.8", ALL, "gzip"),
+        ("br;q=0.5, gzip;q=0.9", ALL, "gzip"),
+        ("br;q=0, gzip;q=0.8", ALL, "gzip"),
+        ("gzip;q=0.001", ALL, "gzip"),
+        ("br;q=0.5, gzip;q=0.5", ALL, "br"),  # a tie among codings: the server's order
+        ("gzip;q=0.5, identity;q=0.5", ALL, "gzip"),  # a tie with identity: the coding
+        ("gzip;q=0.5, identity;q=0.6", ALL, "identity"),  # identity weighted by name
+        ("gzip;q=0.5, *;q=0.8", ("gzip",), "identity"),  # ... or by "*"
+        ("gzip;q=0.5, *;q=0.8", ALL, "br"),
+        ("gzip;q=0.9, *;q=0.8", ("gzip",), "gzip"),
+        ("identity;q=0, gzip;q=0.1", ALL, "gzip"),
+        ("identity;q=0", ALL, "identity"),  # nothing named acceptable: identity regardless
+        ("*;q=0, gzip;q=0.3", ALL, "gzip"),
         ("gzip, identity;q=0", ALL, "gzip"),
         ("gzip;q=bogus, br", ALL, "br"),
         ("gzip;q=2", ALL, "identity"),

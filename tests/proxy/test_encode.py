@@ -31,6 +31,10 @@ JSON = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
         (JSON, "GET", 200, "gzip", "gzip"),
         (JSON, "GET", 200, None, None),
         (JSON, "GET", 200, "identity", None),
+        (JSON, "GET", 200, "gzip;q=0.8", "gzip"),  # RFC 9110 §12.5.3: identity has no q=1
+        (JSON, "GET", 200, "br;q=0.5, gzip;q=0.9", "gzip"),
+        (JSON, "GET", 200, "br;q=0, gzip;q=0.8", "gzip"),
+        (JSON, "GET", 200, "gzip;q=0.8, identity", None),
         (JSON, "HEAD", 200, "br", None),
         (JSON, "GET", 304, "br", None),
         (JSON, "GET", 206, "br", None),
@@ -109,6 +113,16 @@ def test_json_is_compressed_and_decodes_equal(client: httpx.Client, coding: str)
         wire = b"".join(response.iter_raw())
     assert len(wire) < len(plain.content) // 3
     assert json.loads(raw(wire)) == plain.json()
+
+
+@pytest.mark.parametrize("accept", ["gzip;q=0.8", "br;q=0.5, gzip;q=0.9", "br;q=0, gzip;q=0.8"])
+def test_identity_the_header_does_not_name_ranks_below_its_codings(
+    client: httpx.Client, accept: str
+) -> None:
+    # RFC 9110 §12.5.3; nginx and Caddy send gzip for these (issue 15)
+    response = big_json(client, "/api/big-json", accept)
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.json() == big_json(client, "/api/big-json", "identity").json()
 
 
 @pytest.mark.parametrize(

@@ -161,6 +161,15 @@ class TestNegotiation:
         assert response.headers["content-type"] == "text/javascript; charset=utf-8"
         assert response.content == TEXT  # httpx decoded it
 
+    @pytest.mark.parametrize("accept", ["gzip;q=0.8", "br;q=0.5, gzip;q=0.9", "br;q=0, gzip;q=0.8"])
+    def test_identity_the_header_does_not_name_ranks_below_its_codings(
+        self, site: Site, accept: str
+    ) -> None:
+        # RFC 9110 §12.5.3; nginx and Caddy send gzip for these (issue 15)
+        response = site.get("/side.js", **{"accept-encoding": accept})
+        assert response.headers["content-encoding"] == "gzip"
+        assert response.content == TEXT
+
     def test_each_encoding_has_its_own_etag(self, site: Site) -> None:
         tags = {
             site.get("/side.js", **{"accept-encoding": accept}).headers["etag"]
