@@ -154,8 +154,9 @@ UNSATISFIABLE = Unsatisfiable()
 
 
 def parse_range(header: str, size: int) -> list[ByteRange] | Unsatisfiable | None:
-    """The ranges to send, sorted and merged; `UNSATISFIABLE`; or ``None`` to ignore the header
-    and send the whole representation.
+    """The ranges to send, in the order requested, overlapping and adjacent ones merged
+    (`_coalesce`); `UNSATISFIABLE`; or ``None`` to ignore the header and send the whole
+    representation.
 
     ``None`` covers a malformed header or unknown unit (§14.2: ignore it), an empty file, and the
     Apache-Killer shapes: more than `MAX_RANGES` parts, or parts adding up past the file size.
@@ -181,7 +182,7 @@ def parse_range(header: str, size: int) -> list[ByteRange] | Unsatisfiable | Non
         return None
     if count > MAX_RANGES or sum(part.length for part in requested) > size:
         return None
-    return _merge(requested) if requested else UNSATISFIABLE
+    return _coalesce(requested) if requested else UNSATISFIABLE
 
 
 def _position(digits: str) -> int:
@@ -201,15 +202,22 @@ def _satisfiable(first: str, last: str, size: int) -> ByteRange | None:
     return ByteRange(start, min(_position(last), size - 1) if last else size - 1)
 
 
-def _merge(ranges: list[ByteRange]) -> list[ByteRange]:
-    """Overlapping and adjacent ranges become one (§14.2 lets a server coalesce them)."""
-    merged: list[ByteRange] = []
-    for part in sorted(ranges, key=lambda item: item.start):
-        if merged and part.start <= merged[-1].end + 1:
-            merged[-1] = ByteRange(merged[-1].start, max(merged[-1].end, part.end))
+def _coalesce(ranges: list[ByteRange]) -> list[ByteRange]:
+    """The parts in the order requested: RFC 9110 §15.3.7.2 says a multipart response SHOULD
+    send them so, as nginx and Caddy do (issue 15). Ranges that overlap or touch become one
+    (§15.3.7.2 lets a server coalesce them, whatever their order), which takes the place of
+    the first of them requested: ``bytes=50-59, 0-9, 55-70`` is sent as 50-70, then 0-9."""
+    if len(ranges) == 1:
+        return ranges
+    groups: list[tuple[int, ByteRange]] = []  # (index of the first requested, merged range)
+    for index in sorted(range(len(ranges)), key=lambda index: ranges[index].start):
+        part = ranges[index]
+        if groups and part.start <= groups[-1][1].end + 1:
+            first, merged = groups[-1]
+            groups[-1] = (min(first, index), ByteRange(merged.start, max(merged.end, part.end)))
         else:
-            merged.append(part)
-    return merged
+            groups.append((index, part))
+    return [part for _, part in sorted(groups, key=lambda group: group[0])]
 
 
 def is_range_fresh(if_range: str | None, *, etag: str, last_modified: int) -> bool:

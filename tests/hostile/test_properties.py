@@ -259,8 +259,9 @@ def assert_within_file(result: list[ByteRange] | Unsatisfiable | None, size: int
     assert 1 <= len(result) <= MAX_RANGES
     for part in result:
         assert 0 <= part.start <= part.end < size
-    for before, after in itertools.pairwise(result):
-        assert before.end + 1 < after.start  # sorted, and overlapping or adjacent ones merged
+    ordered = sorted(result, key=lambda part: part.start)  # sent in the order requested
+    for before, after in itertools.pairwise(ordered):
+        assert before.end + 1 < after.start  # overlapping or adjacent ones merged
     assert sum(part.length for part in result) <= size
 
 
@@ -269,8 +270,8 @@ def assert_within_file(result: list[ByteRange] | Unsatisfiable | None, size: int
 def test_parse_range_answers_none_unsatisfiable_or_ranges_within_the_file(
     header: str, size: int
 ) -> None:
-    """Any header: ``None``, `UNSATISFIABLE`, or at most `MAX_RANGES` sorted, disjoint
-    ranges, each with 0 <= start <= end < size, adding up to no more than the file."""
+    """Any header: ``None``, `UNSATISFIABLE`, or at most `MAX_RANGES` disjoint ranges, none
+    touching another, each with 0 <= start <= end < size, adding up to no more than the file."""
     assert_within_file(parse_range(header, size), size)
 
 
@@ -287,18 +288,25 @@ VALID_SPECS = st.one_of(
 @given(specs=st.lists(VALID_SPECS, min_size=1, max_size=MAX_RANGES), size=st.integers(1, 64))
 def test_parse_range_covers_exactly_the_requested_bytes(specs: list[str], size: int) -> None:
     """For valid specs, the ranges sent cover exactly the bytes the client asked for that
-    exist (RFC 9110 §14.1.2), whenever offload does not ignore the header."""
-    requested: set[int] = set()
+    exist (RFC 9110 §14.1.2), whenever offload does not ignore the header; and they come in
+    the order requested (§15.3.7.2), a merged one in the place of its first range."""
+    wanted: list[set[int]] = []  # each spec's bytes
     for spec in specs:
         first, last = spec.split("-")
         if not first:
-            requested.update(range(max(0, size - int(last)), size) if int(last) else ())
+            wanted.append(set(range(max(0, size - int(last)), size) if int(last) else ()))
         else:
-            requested.update(range(int(first), min(int(last) + 1, size) if last else size))
+            wanted.append(set(range(int(first), min(int(last) + 1, size) if last else size)))
+    requested = set().union(*wanted)
     result = parse_range("bytes=" + ",".join(specs), size)
     assert_within_file(result, size)
     if isinstance(result, list):
         assert {byte for part in result for byte in range(part.start, part.end + 1)} == requested
+        places = [  # the first spec inside each part
+            next(i for i, spec in enumerate(wanted) if spec and part.start <= min(spec) <= part.end)
+            for part in result
+        ]
+        assert places == sorted(places)
     elif result is UNSATISFIABLE:
         assert not requested
 

@@ -134,14 +134,23 @@ def test_if_modified_since_applies_only_to_get_and_head() -> None:
         ("bytes=-200", 100, [(0, 99)]),
         ("Bytes = 1-2", 100, [(1, 2)]),
         ("bytes=0-1, 5-6", 100, [(0, 1), (5, 6)]),
-        ("bytes=5-6, 0-1", 100, [(0, 1), (5, 6)]),
+        # RFC 9110 §15.3.7.2: the parts in the order requested, not sorted (issue 15)
+        ("bytes=5-6, 0-1", 100, [(5, 6), (0, 1)]),
+        ("bytes=90-99, 0-1, 50-59", 100, [(90, 99), (0, 1), (50, 59)]),
+        ("bytes=-10, 0-9", 100, [(90, 99), (0, 9)]),
         ("bytes=0-10, 5-20", 100, [(0, 20)]),  # overlapping parts merge
         ("bytes=0-9, 10-19", 100, [(0, 19)]),  # and adjacent ones
+        ("bytes=10-19, 0-9", 100, [(0, 19)]),
+        # a merged part takes the place of the first of its ranges requested
+        ("bytes=50-59, 0-9, 55-70", 100, [(50, 70), (0, 9)]),
+        ("bytes=80-89, 55-70, 0-9, 50-59", 100, [(80, 89), (50, 70), (0, 9)]),
+        ("bytes=80-89, 0-4, 20-29, 5-19", 100, [(80, 89), (0, 29)]),
         ("bytes=0-1, 200-300", 100, [(0, 1)]),  # an unsatisfiable part is dropped
+        ("bytes=200-300, 7-8, 0-1", 100, [(7, 8), (0, 1)]),
         ("bytes=0-1,,2-3", 100, [(0, 3)]),
     ],
 )
-def test_parse_range_returns_merged_inclusive_ranges(
+def test_parse_range_returns_inclusive_ranges_merged_in_the_order_requested(
     header: str, size: int, ranges: list[tuple[int, int]]
 ) -> None:
     parsed = parse_range(header, size)
