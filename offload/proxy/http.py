@@ -295,6 +295,8 @@ class HttpProxy:
     async def _stream_response(
         self, scope: Scope, response: UpstreamResponse, headers: list[Header], send: Send
     ) -> None:
+        if response.status in _WITHOUT_CONTENT:
+            headers = _without_length(headers)
         accept_encoding = _text_header(scope["headers"], b"accept-encoding")
         coding = (
             self.settings.compress
@@ -406,6 +408,17 @@ class HttpProxy:
         finally:
             sending.cancel()
             body_sent.cancel()  # also when cancelled inside the wait: no task left pending
+
+
+# RFC 9110 §15.3.5, §15.4.5: no content follows a 204 or a 304 (and llhttp reads none)
+_WITHOUT_CONTENT = frozenset({204, 304})
+
+
+def _without_length(headers: list[Header]) -> list[Header]:
+    """A 204 or 304's headers without Content-Length. RFC 9110 §8.6: a 204 must not carry one;
+    a 304's may give the length a 200 would have, but uvicorn would then wait for that many
+    body bytes and reset the connection (issue 15), and a 304 of offload's own has none."""
+    return [header for header in headers if header[0].lower() != b"content-length"]
 
 
 def _note(facts: RequestFacts | None, error: str) -> None:

@@ -114,7 +114,11 @@ class UpstreamResponse:
 
     def on_headers_complete(self, status: int) -> bool:
         """Returns False for an interim (1xx) head, which is skipped."""
-        if 100 <= status < 200:
+        if not 100 <= status <= 599:
+            # RFC 9110 §15: a status code is 100-599, but llhttp takes any three digits; one
+            # outside is no HTTP answer: 502, as from nginx (issue 15: the client got nothing)
+            raise UpstreamMalformed(f"the app's status {status} is outside 100-599")
+        if status < 200:
             self.headers = []
             return False
         codings = b",".join(

@@ -198,6 +198,16 @@ FAULTS: dict[str, Fault] = {
     "/huge-head": sending(response(b"ok", headers=HUGE_HEADERS)),
     "/huge-field": sending(response(b"ok", headers=[b"X-Big: " + b"b" * 200 * 1024])),
     "/drip": drip,
+    # RFC 9110 §8.6: a 304 may carry the Content-Length a 200 would have, and no body follows
+    "/not-modified-with-length": sending(
+        b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 1234\r\n\r\n'
+    ),
+    # a 204 must not carry one (§8.6), but some apps send "Content-Length: 0" or more
+    "/no-content-with-length": sending(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+    # status codes are 100-599 (RFC 9110 §15); llhttp takes any three digits
+    "/status-600": sending(response(b"ok", status=b"600 Beyond")),
+    "/status-099": sending(response(b"ok", status=b"099 Before")),
+    "/status-000": sending(response(b"ok", status=b"000 None")),
     "/close-when-idle": close_when_idle,
 }
 NOT_FOUND = sending(response(b"", status=b"404 Not Found"))

@@ -117,6 +117,10 @@ CASES = [
         id="one-200-kib-header",
     ),
     pytest.param(Case("/drip", 200, DRIP_BODY[:5], closes=False), id="slow-drip"),
+    # RFC 9110 §15: a status outside 100-599 is no HTTP answer; nginx answers 502 (issue 15)
+    pytest.param(Case("/status-600", 502, BAD_GATEWAY), id="status-600"),
+    pytest.param(Case("/status-099", 502, BAD_GATEWAY), id="status-099"),
+    pytest.param(Case("/status-000", 502, BAD_GATEWAY), id="status-000"),
 ]
 
 
@@ -135,6 +139,27 @@ def test_fault_gets_its_status_and_the_next_request_succeeds(
     if case.closes:
         assert faulty_app.wait_closed_by_peer({seen.connection for seen in tries})
     assert_next_request_succeeds(front)
+
+
+@pytest.mark.parametrize(
+    ("path", "status"), [("/not-modified-with-length", 304), ("/no-content-with-length", 204)]
+)
+def test_304_and_204_with_content_length_pass_without_a_body_and_keep_the_connection(
+    path: str, status: int, faulty_app: FaultyApp, front: Offload
+) -> None:
+    # RFC 9110 §8.6: a 304 may carry the length a 200 would have; neither has a body (RFC 9112
+    # §6.3), and the app's connection is ready for the next request. Issue 15: the client's
+    # connection was reset and a traceback logged.
+    before = len(faulty_app.seen)
+    response = raw_get(front.port, path)
+    assert (response.status, response.body) == (status, b"")
+    assert response.header("content-length") is None  # offload sends none on either (§8.6)
+    if status == 304:
+        assert response.header("etag") == '"v1"'
+    assert_next_request_succeeds(front)
+    first, then = faulty_app.seen[before:]
+    assert (first.path, then.path) == (path, "/ok")
+    assert then.connection == first.connection  # pooled, and reused
 
 
 def test_slow_drip_streams_intact_past_the_read_timeout(
