@@ -19,14 +19,18 @@ _NEVER_COMPRESSED_STATUSES = frozenset({204, 206, 304})
 
 
 def choose_coding(
-    *, accept_encoding: str | None, method: str, status: int, headers: Sequence[Header]
+    *, accept_encoding: str | None, status: int, headers: Sequence[Header]
 ) -> str | None:
     """The coding to apply to the app's response, or ``None`` to pass it through as it is.
 
     Never twice (the app set Content-Encoding), never against ``no-transform`` (RFC 9111
-    §5.2.2.6), never for bodies known to be tiny, ranges, or types that do not shrink.
+    §5.2.2.6), never for bodies known to be tiny, ranges, or types that do not shrink. The
+    same for HEAD, whose header fields are GET's (RFC 9110 §9.3.2): it announces the coding
+    GET's body gets. (Only a GET body of unknown length that ends up under
+    `MIN_COMPRESS_BYTES` goes out as it is while HEAD announced a coding: HEAD has no body
+    to measure, and nginx announces gzip then too.)
     """
-    if method == "HEAD" or status < 200 or status in _NEVER_COMPRESSED_STATUSES:
+    if status < 200 or status in _NEVER_COMPRESSED_STATUSES:
         return None
     values = {name.lower(): value for name, value in headers}
     if b"content-encoding" in values or b"content-range" in values:

@@ -297,20 +297,11 @@ class HttpProxy:
     ) -> None:
         if response.status in _WITHOUT_CONTENT:
             headers = _without_length(headers)
-        accept_encoding = _text_header(scope["headers"], b"accept-encoding")
-        coding = (
-            self.settings.compress
-            and accept_encoding is not None
-            and encode.choose_coding(
-                accept_encoding=accept_encoding,
-                method=scope["method"],
-                status=response.status,
-                headers=headers,
-            )
-        )
+        coding = self._coding(scope, response.status, headers)
+        head_only = scope["method"] == "HEAD"
         chunks = response.chunks()
         first = b""
-        if coding and encode.should_peek(headers):
+        if coding and not head_only and encode.should_peek(headers):
             # no length given: a body that is complete in its first chunk and tiny is not
             # worth compressing; an event stream is never held back for this
             try:
@@ -323,7 +314,10 @@ class HttpProxy:
                 coding = None
         encoder = None
         if coding:
-            encoder = encode.StreamEncoder(coding, flush_each=encode.is_live_stream(headers))
+            # RFC 9110 §9.3.2: HEAD gets the header fields GET would (its coding, Vary, the
+            # weak ETag, no length), with no body to encode (issue 15: it got identity's)
+            if not head_only:
+                encoder = encode.StreamEncoder(coding, flush_each=encode.is_live_stream(headers))
             headers = encode.compressed_headers(headers, coding)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         if first:
@@ -345,6 +339,15 @@ class HttpProxy:
             _note(request_facts(scope), "upstream_reset")
             return
         await send({"type": "http.response.body", "body": encoder.finish() if encoder else b""})
+
+    def _coding(self, scope: Scope, status: int, headers: list[Header]) -> str | None:
+        """The coding GET's body gets, and HEAD's headers announce; ``None``: as it is."""
+        if not self.settings.compress:
+            return None
+        accept_encoding = _text_header(scope["headers"], b"accept-encoding")
+        if accept_encoding is None:
+            return None
+        return encode.choose_coding(accept_encoding=accept_encoding, status=status, headers=headers)
 
     async def _send_request(
         self, scope: Scope, reader: RequestReader, request_id: bytes, framing: _Framing

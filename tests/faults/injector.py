@@ -158,6 +158,20 @@ async def close_when_idle(request: Request, writer: asyncio.StreamWriter) -> Idl
     return Idle(request.number("after", IDLE_SECONDS), drop_after)
 
 
+def json_with_etag(size: int) -> Fault:
+    """``size`` bytes of JSON with a strong ETag and its Content-Length, the body left out for
+    HEAD as a well-behaved app does (RFC 9110 §9.3.2)."""
+    body = b'{"pad": "%s"}' % (b"x" * (size - 11))
+    head = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: "v1"\r\n'
+    head += b"Content-Length: %d\r\n\r\n" % len(body)
+
+    async def send(request: Request, writer: asyncio.StreamWriter) -> Idle:
+        writer.write(head if request.method == "HEAD" else head + body)
+        return KEEP
+
+    return send
+
+
 GZIPPED = gzip.compress(b"hello", mtime=0)
 HUGE_HEADERS = [b"X-Filler-%03d: %s" % (index, b"f" * 1000) for index in range(205)]
 
@@ -204,6 +218,8 @@ FAULTS: dict[str, Fault] = {
     ),
     # a 204 must not carry one (§8.6), but some apps send "Content-Length: 0" or more
     "/no-content-with-length": sending(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+    "/json": json_with_etag(4096),
+    "/tiny-json": json_with_etag(100),
     # status codes are 100-599 (RFC 9110 §15); llhttp takes any three digits
     "/status-600": sending(response(b"ok", status=b"600 Beyond")),
     "/status-099": sending(response(b"ok", status=b"099 Before")),

@@ -22,7 +22,7 @@ import pytest
 
 from offload.proxy.client import POOL_KEEPALIVE_SECONDS
 from tests.faults.injector import CUT_BODY, DRIP_BODY, DRIP_INTERVAL_SECONDS, FaultyApp
-from tests.servers import Offload, free_port, raw_get, run_offload
+from tests.servers import Offload, RawResponse, free_port, raw_get, raw_request, run_offload
 
 READ_TIMEOUT_SECONDS = 1.0
 CONNECT_TIMEOUT_SECONDS = 1.0
@@ -160,6 +160,35 @@ def test_304_and_204_with_content_length_pass_without_a_body_and_keep_the_connec
     first, then = faulty_app.seen[before:]
     assert (first.path, then.path) == (path, "/ok")
     assert then.connection == first.connection  # pooled, and reused
+
+
+def head_and_get(port: int, path: str, *headers: str) -> tuple[RawResponse, RawResponse]:
+    lines = [f"HEAD {path} HTTP/1.1", "Host: offload.test", "Connection: close", *headers]
+    head = raw_request(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    return head, raw_get(port, path, *headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "accept", "coding"),
+    [
+        ("/json", "br, gzip", "br"),
+        ("/json", "gzip;q=0.8", "gzip"),
+        ("/json", "identity", None),
+        ("/tiny-json", "br, gzip", None),  # under 512 bytes: never compressed
+    ],
+)
+def test_head_gets_the_headers_get_gets(
+    path: str, accept: str, coding: str | None, front: Offload
+) -> None:
+    # RFC 9110 §9.3.2: HEAD's header fields SHOULD be GET's, as from nginx and Caddy. Issue 15:
+    # HEAD kept the strong ETag and the identity length, without Vary or Content-Encoding.
+    head, get = head_and_get(front.port, path, f"Accept-Encoding: {accept}")
+    assert (head.status, head.body, get.status) == (200, b"", 200)
+    for name in ("content-type", "content-encoding", "vary", "etag", "content-length"):
+        assert head.header(name) == get.header(name), name
+    assert get.header("content-encoding") == coding
+    assert get.header("etag") == ('W/"v1"' if coding else '"v1"')  # RFC 9110 §8.8.1
+    assert_next_request_succeeds(front)
 
 
 def test_slow_drip_streams_intact_past_the_read_timeout(

@@ -25,42 +25,31 @@ JSON = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
 
 
 @pytest.mark.parametrize(
-    ("headers", "method", "status", "accept", "coding"),
+    ("headers", "status", "accept", "coding"),
     [
-        (JSON, "GET", 200, "br, gzip", "br"),
-        (JSON, "GET", 200, "gzip", "gzip"),
-        (JSON, "GET", 200, None, None),
-        (JSON, "GET", 200, "identity", None),
-        (JSON, "GET", 200, "gzip;q=0.8", "gzip"),  # RFC 9110 §12.5.3: identity has no q=1
-        (JSON, "GET", 200, "br;q=0.5, gzip;q=0.9", "gzip"),
-        (JSON, "GET", 200, "br;q=0, gzip;q=0.8", "gzip"),
-        (JSON, "GET", 200, "gzip;q=0.8, identity", None),
-        (JSON, "HEAD", 200, "br", None),
-        (JSON, "GET", 304, "br", None),
-        (JSON, "GET", 206, "br", None),
-        (JSON, "GET", 204, "br", None),
-        ([*JSON, (b"content-encoding", b"gzip")], "GET", 200, "br", None),  # never twice
-        ([*JSON, (b"cache-control", b"public, no-transform")], "GET", 200, "br", None),
-        (
-            [(b"content-type", b"application/json"), (b"content-length", b"100")],
-            "GET",
-            200,
-            "br",
-            None,
-        ),
-        ([(b"content-type", b"image/png"), (b"content-length", b"9999")], "GET", 200, "br", None),
-        ([(b"content-type", b"text/event-stream")], "GET", 200, "br", "br"),  # unknown length
+        (JSON, 200, "br, gzip", "br"),
+        (JSON, 200, "gzip", "gzip"),
+        (JSON, 200, None, None),
+        (JSON, 200, "identity", None),
+        (JSON, 200, "gzip;q=0.8", "gzip"),  # RFC 9110 §12.5.3: identity has no q=1
+        (JSON, 200, "br;q=0.5, gzip;q=0.9", "gzip"),
+        (JSON, 200, "br;q=0, gzip;q=0.8", "gzip"),
+        (JSON, 200, "gzip;q=0.8, identity", None),
+        (JSON, 304, "br", None),
+        (JSON, 206, "br", None),
+        (JSON, 204, "br", None),
+        ([*JSON, (b"content-encoding", b"gzip")], 200, "br", None),  # never twice
+        ([*JSON, (b"cache-control", b"public, no-transform")], 200, "br", None),
+        ([(b"content-type", b"application/json"), (b"content-length", b"100")], 200, "br", None),
+        ([(b"content-type", b"image/png"), (b"content-length", b"9999")], 200, "br", None),
+        ([(b"content-type", b"text/event-stream")], 200, "br", "br"),  # unknown length
     ],
 )
 def test_choose_coding(
-    headers: list[tuple[bytes, bytes]],
-    method: str,
-    status: int,
-    accept: str | None,
-    coding: str | None,
+    headers: list[tuple[bytes, bytes]], status: int, accept: str | None, coding: str | None
 ) -> None:
-    chosen = choose_coding(accept_encoding=accept, method=method, status=status, headers=headers)
-    assert chosen == coding
+    # the same for GET and HEAD: HEAD's headers are GET's (RFC 9110 §9.3.2)
+    assert choose_coding(accept_encoding=accept, status=status, headers=headers) == coding
 
 
 @pytest.mark.parametrize(
@@ -123,6 +112,32 @@ def test_identity_the_header_does_not_name_ranks_below_its_codings(
     response = big_json(client, "/api/big-json", accept)
     assert response.headers["content-encoding"] == "gzip"
     assert response.json() == big_json(client, "/api/big-json", "identity").json()
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        ("/api/big-json", "br"),  # compressed: HEAD announces it
+        ("/api/big-json", "gzip;q=0.8"),
+        ("/api/big-json", "identity"),
+        ("/api/big-json-no-transform", "br"),  # left alone: HEAD too
+    ],
+)
+def test_head_gets_the_headers_get_gets(client: httpx.Client, path: str, accept: str) -> None:
+    # RFC 9110 §9.3.2: HEAD's header fields SHOULD be GET's, as from nginx and Caddy (issue 15:
+    # HEAD got identity's headers where GET was compressed)
+    compared = ("content-encoding", "vary", "etag", "content-type", "cache-control")
+    headers = {"accept-encoding": accept}
+    with client.stream("GET", path, headers=headers) as got:
+        expected = {name: got.headers.get(name) for name in compared}
+        length = got.headers.get("content-length")
+    head = client.head(path, headers=headers)
+    assert head.status_code == 200
+    assert head.content == b""
+    assert {name: head.headers.get(name) for name in compared} == expected
+    assert head.headers.get("content-length") in (None, length)
+    if expected["content-encoding"] is not None:
+        assert "content-length" not in head.headers  # GET's compressed length is unknown
 
 
 @pytest.mark.parametrize(
